@@ -1,0 +1,74 @@
+"""AdamATan2 (Everett et al. 2024): Adam with atan2 in place of the epsilon-guarded division.
+
+Per parameter, at step t:
+    p <- p * (1 - lr * weight_decay)
+    m <- b1 m + (1 - b1) g
+    v <- b2 v + (1 - b2) g^2
+    p <- p - lr / (1 - b1^t) * atan2(m, sqrt(v) / sqrt(1 - b2^t))
+This is the rule of the CUDA package `adam-atan2` 0.0.3, which the authors trained with.
+`make_optimizer` uses that package when it works on the parameters' device and this
+torch version otherwise, so a missing or broken CUDA build never stops training.
+"""
+import math
+
+import torch
+
+
+class AdamATan2(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.99), weight_decay: float = 1e-2):
+        if lr < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamATan2: bad hyper-parameters lr={lr}, betas={betas}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"].item()
+                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+                p.mul_(1 - lr * wd)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = v.sqrt().div_(math.sqrt(1 - b2**t))
+                p.add_(torch.atan2(m, denom), alpha=-lr / (1 - b1**t))
+        return loss
+
+
+def cuda_adam_atan2():
+    """The `adam_atan2` CUDA package's optimizer class, or None when it is absent or its backend is broken."""
+    try:
+        from adam_atan2 import AdamATan2 as CudaAdamATan2
+        import adam_atan2_backend  # noqa: F401  (the part that is missing on broken installs)
+    except Exception:
+        return None
+    return CudaAdamATan2
+
+
+def make_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    cuda_cls = cuda_adam_atan2()
+    if cuda_cls is not None and params and all(p.is_cuda for p in params):
+        return cuda_cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return AdamATan2(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup_steps` (step 1 uses base_lr / warmup_steps), then cosine down to min_ratio * base_lr."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
