@@ -37,7 +37,7 @@ class AdamATan2(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
+                state["step"] = state["step"] + 1  # not in place: a loaded state may share the tensor
                 t = state["step"].item()
                 m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
                 p.mul_(1 - lr * wd)
