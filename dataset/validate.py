@@ -55,7 +55,7 @@ def validate_split(data_path: str, split: str, max_examples: int | None = None) 
     else:
         n = math.isqrt(meta.seq_len)
         adjacency = maze.neighbours(n)
-        for i in tqdm(range(count), desc=f"{split} mazes", leave=False):
+        for i in tqdm(range(count), desc=f"{split} mazes", leave=False, disable=None):
             problem = maze.label_problem(np.asarray(inputs[i]), np.asarray(labels[i]), n, adjacency)
             if problem is not None:
                 raise DatasetError(f"{prefix}labels.npy: example {i}: {problem}")
