@@ -1,0 +1,515 @@
+"""Train EqR / TRM / the feed-forward baseline (SPEC "Model", "Optimisation").
+
+    python pretrain.py --config-name train/eqr_sudoku [key=value ...]
+    torchrun --standalone --nproc-per-node 8 pretrain.py --config-name train/eqr_sudoku
+
+The config is composed with Hydra from config/ (overrides use Hydra's syntax: `lr=3e-4`,
+`arch=trm`, `arch.hidden_size=256`, `+key=value` is refused like any unknown key).
+
+The loop: every row of the batch keeps its carry (latents, step count, puzzle) across
+optimizer steps; each step the loader hands out a fresh global batch, and only rows whose
+carry halted take their row of it. Loss = sum over rows / global batch; AdamATan2 with
+linear warm-up then cosine to lr_min_ratio; EMA of the weights after every step.
+
+A run folder holds step_<N>.pt checkpoints (plus step_<N>.rank<r>.pt, the carry/RNG/loader
+state of each extra rank), `latest` (the name of the newest complete checkpoint),
+config.yaml and metrics.jsonl. With resume=true the run continues from `latest`; on CPU
+with one process the continuation is bit-exact.
+"""
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from dataset.common import DatasetError, load_metadata
+from dataset.puzzle_dataset import TrainLoader, iter_test_batches
+from models.checkpoint import CheckpointError, atomic_save, safe_load
+from models.ema import EMA
+from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner
+from models.losses import LOSSES, ACTLossHead, summarize_metrics
+
+from models.optim import lr_at, make_optimizer
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+CHECKPOINT_FORMAT = "eqr/1"
+METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class TrainConfig:
+    """Top-level keys of config/cfg_pretrain.yaml; `arch` and `dataset` are checked separately."""
+    arch: dict
+    dataset: dict
+    project_name: str
+    run_name: str | None
+    checkpoint_path: str | None
+    resume: bool
+    seed: int
+    device: str | None
+    data_path: str
+    global_batch_size: int
+    epochs: int
+    max_steps: int | None
+    lr: float
+    lr_min_ratio: float
+    lr_warmup_steps: int
+    beta1: float
+    beta2: float
+    weight_decay: float
+    ema: bool
+    ema_rate: float
+    log_interval_steps: int
+    eval_interval_steps: int | None
+    eval_max_examples: int | None
+    eval_batch_size: int | None
+    checkpoint_interval_steps: int | None
+    compile: bool
+    wandb_mode: str | None
+
+    def __post_init__(self):
+        for key in ("global_batch_size", "epochs", "log_interval_steps"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        for key in ("max_steps", "eval_interval_steps", "eval_max_examples", "eval_batch_size", "checkpoint_interval_steps"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
+        if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps: expected an integer >= 0, got {self.lr_warmup_steps!r}")
+        if not isinstance(self.data_path, str) or not self.data_path:
+            raise ConfigError(f"data_path: expected a dataset folder, got {self.data_path!r}")
+        if self.wandb_mode not in (None, "online", "offline", "disabled"):
+            raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
+        if self.resume and not self.run_name and not self.checkpoint_path:
+            raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
+        if not isinstance(self.arch.get("loss"), dict) or self.arch["loss"].get("loss_type") not in LOSSES:
+            raise ConfigError(f"arch.loss.loss_type: expected one of {', '.join(LOSSES)}")
+
+
+def compose_config(config_name: str, overrides: list[str]) -> dict:
+    """Hydra composition -> plain dict; Hydra's multi-line errors become one ConfigError line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name="pretrain"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        text = str(e).split("Config search path")[0]
+        raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
+    cfg["dataset"]["data_path"] = cfg["data_path"]  # keep the alias consistent in the saved config
+    return cfg
+
+
+def parse_train_config(cfg: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_pretrain.yaml for the known keys)")
+    return TrainConfig(**cfg)
+
+
+def model_config_for(arch: dict, data_path: str) -> ModelConfig:
+    """ModelConfig from the arch config and the training split's metadata; explicit values must agree."""
+    meta = load_metadata(data_path, "train")
+    for key in ("seq_len", "vocab_size"):
+        if arch.get(key) is not None and arch[key] != getattr(meta, key):
+            raise ConfigError(f"arch.{key}: set to {arch[key]} but the dataset {data_path} has {key} {getattr(meta, key)}")
+    given = {k: v for k, v in arch.items() if k not in ("seq_len", "vocab_size")}
+    return ModelConfig.from_dict(given, seq_len=meta.seq_len, vocab_size=meta.vocab_size)
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
+    config_name, overrides, i = "cfg_pretrain", [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config-name", "-cn"):
+            if i + 1 == len(argv):
+                raise ConfigError(f"{arg}: expected a config name such as train/eqr_sudoku")
+            config_name, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config-name="):
+            config_name = arg.split("=", 1)[1]
+        elif arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
+        elif arg.startswith("-"):
+            raise ConfigError(f"{arg}: unknown flag (only --config-name NAME and key=value overrides)")
+        else:
+            overrides.append(arg)
+        i += 1
+    return config_name.removesuffix(".yaml"), overrides
+
+
+# ----------------------------------------------------------------------------- state that must survive a restart
+
+def rng_state(device: torch.device) -> dict:
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if device.type == "cuda":
+        if "cuda" not in state:
+            raise CheckpointError("checkpoint has no CUDA RNG state (it was written by a CPU run)")
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_device(tree, device):
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def shard_name(step: int, rank: int) -> str:
+    return f"step_{step}.pt" if rank == 0 else f"step_{step}.rank{rank}.pt"
+
+
+def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size) -> None:
+    """Each rank writes its own carry/RNG/loader shard; rank 0's file also holds the weights.
+    `latest` moves only when every shard of the step is on disk."""
+    own = {"carry": None if carry is None else to_device(carry.to_dict(), "cpu"),
+           "rng": rng_state(device), "loader": loader.state_dict()}
+    if rank == 0:
+        ckpt = {"format": CHECKPOINT_FORMAT, "step": step, "world_size": world_size, "config": cfg,
+                "model": head.state_dict(), "optimizer": optimizer.state_dict(), **own}
+        if ema is not None:
+            ckpt["ema"] = ema.state_dict()
+    else:
+        ckpt = {"format": CHECKPOINT_FORMAT, "step": step, "rank": rank, **own}
+    atomic_save(ckpt, os.path.join(run_dir, shard_name(step, rank)))
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0:
+        atomic_write_text(os.path.join(run_dir, "latest"), shard_name(step, 0) + "\n")
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    pointer = os.path.join(run_dir, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    path = os.path.join(run_dir, name)
+    if not name.startswith("step_") or not os.path.isfile(path):
+        raise CheckpointError(f"{pointer}: points to {name!r}, which is not a checkpoint file in {run_dir}")
+    return path
+
+
+def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world_size):
+    """Restores weights, EMA, optimizer and this rank's loader position; returns (step, carry dict, rng state)."""
+    ckpt = safe_load(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    if ckpt["world_size"] != world_size:
+        raise CheckpointError(f"{path}: written by {ckpt['world_size']} processes, resumed with {world_size}; use the same count")
+    for key in ("global_batch_size", "seed", "data_path"):
+        if ckpt["config"][key] != cfg[key]:
+            raise CheckpointError(f"{path}: {key} was {ckpt['config'][key]!r}, now {cfg[key]!r}; resume with the same value")
+    for key, value in cfg["arch"].items():
+        if ckpt["config"]["arch"].get(key) != value:
+            raise CheckpointError(f"{path}: arch.{key} was {ckpt['config']['arch'].get(key)!r}, now {value!r}")
+    head.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None:
+        if "ema" not in ckpt:
+            raise CheckpointError(f"{path}: has no EMA weights but ema=true")
+        ema.load_state_dict(ckpt["ema"])
+    own = ckpt
+    if rank > 0:
+        own = safe_load(os.path.join(os.path.dirname(path), shard_name(ckpt["step"], rank)))
+    loader.load_state_dict(own["loader"])
+    return ckpt["step"], own["carry"], own["rng"]
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """After a resume, drop the lines the killed run logged past its last checkpoint."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(lines))
+
+
+# ----------------------------------------------------------------------------- logging
+
+class Logger:
+    """metrics.jsonl in the run folder, plus W&B when it can be started (never required)."""
+
+    def __init__(self, run_dir: str, cfg: dict, run_name: str):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.wandb = None
+        mode = cfg["wandb_mode"] or os.environ.get("WANDB_MODE")
+        if mode is None:
+            mode = "online" if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb() else "offline"
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+            self.wandb = wandb.init(project=cfg["project_name"], name=run_name, id=_wandb_id(run_name), resume="allow",
+                                    dir=run_dir, mode=mode, config=cfg)
+        except Exception as e:
+            self.warn(f"wandb could not start ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                      f"logging to {self.path} only")
+
+    def warn(self, message: str) -> None:
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+        self.wandb = None
+
+    def log(self, metrics: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.wandb is not None:
+            try:
+                self.wandb.log(metrics, step=metrics["step"])
+            except Exception as e:
+                self.warn(f"wandb.log failed ({type(e).__name__}); W&B logging is off for the rest of the run")
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception:
+                pass
+
+
+def _netrc_has_wandb() -> bool:
+    path = os.path.expanduser("~/.netrc")
+    try:
+        with open(path) as f:
+            return "api.wandb.ai" in f.read()
+    except OSError:
+        return False
+
+
+def _wandb_id(run_name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_name)[:64]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size: int) -> dict:
+    """Exact and token accuracy on the first eval_max_examples test examples, after halt_max_steps ACT
+    steps (in eval mode rows halt only there). Uses its own RNG stream so training is not disturbed."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # puzzles, exactly solved, token accuracy
+    batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg["seed"] + rank)
+        for batch in iter_test_batches(cfg["data_path"], batch_size, rank, world_size, max_examples=cfg["eval_max_examples"]):
+            real = batch.pop("mask").to(device)
+            batch.pop("index")
+            batch = to_device(batch, device)
+            carry = model.initial_carry(batch)
+            for _ in range(model.config.halt_max_steps):
+                carry, outputs = model(carry, batch)
+            labels = carry.data["labels"]
+            labelled = labels != -100
+            correct = (outputs["logits"].argmax(-1) == labels) & labelled
+            n_labels = labelled.sum(-1)
+            rows = real & (n_labels > 0)
+            sums += torch.stack([rows.sum(), (rows & (correct.sum(-1) == n_labels)).sum(),
+                                 torch.where(rows, correct.sum(-1) / n_labels.clamp_min(1), 0).sum()]).double()
+    if world_size > 1:
+        dist.all_reduce(sums)
+    count, exact, token = sums.tolist()
+    return {"eval/exact_accuracy": exact / max(count, 1), "eval/accuracy": token / max(count, 1), "eval/count": count}
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg: dict, config_name: str) -> None:
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    rank = int(os.environ.get("RANK", 0)) if distributed else 0
+    world_size = int(os.environ["WORLD_SIZE"]) if distributed else 1
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if distributed:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        _train(cfg, config_name, device, rank, world_size)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> None:
+    tc = parse_train_config(cfg)
+    if tc.global_batch_size % world_size:
+        raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
+    if (tc.eval_batch_size or tc.global_batch_size) % world_size:
+        raise ConfigError(f"eval_batch_size: {tc.eval_batch_size} does not split over {world_size} processes")
+    model_config = model_config_for(cfg["arch"], tc.data_path)
+    cfg["arch"] = {**cfg["arch"], **model_config.to_dict()}  # every ModelConfig field, seq_len/vocab_size included
+    loader = TrainLoader(tc.data_path, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)
+    total_steps = tc.epochs * max(loader.steps_per_epoch, 1)
+    if tc.max_steps is not None:
+        total_steps = min(total_steps, tc.max_steps)
+    has_test = os.path.isfile(os.path.join(tc.data_path, "test", "dataset.json"))
+
+    # Run folder: every rank needs the same name, and the default one holds a timestamp.
+    run_name = tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if world_size > 1:
+        box = [run_name]
+        dist.broadcast_object_list(box, src=0)
+        run_name = box[0]
+    cfg["run_name"] = run_name
+    run_dir = tc.checkpoint_path or os.path.join("checkpoints", tc.project_name, run_name)
+    resume_from = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if tc.resume and resume_from is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint to resume (resume=true needs a run with a `latest` file)")
+    if not tc.resume and resume_from is not None:
+        raise CheckpointError(f"{run_dir}: already holds checkpoints; pass resume=true or another run_name")
+
+    # Identical initial weights on every rank; then a separate random stream per rank.
+    seed_everything(tc.seed)
+    model = RecurrentReasoner(model_config).to(device)
+    head = ACTLossHead(model, cfg["arch"]["loss"]["loss_type"]).to(device)
+    ema = EMA(head, tc.ema_rate) if tc.ema else None
+    optimizer = make_optimizer(head.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    eval_head = copy.deepcopy(head) if tc.eval_interval_steps and has_test else None
+    seed_everything(tc.seed + rank)
+
+    step, carry, saved_rng = 0, None, None
+    if resume_from is not None:
+        step, carry_state, saved_rng = load_checkpoint(resume_from, cfg, head, ema, optimizer, loader, device, rank, world_size)
+        carry = None if carry_state is None else Carry.from_dict(to_device(carry_state, device))
+
+    if tc.compile:
+        head.model.inner.compile()  # in place: parameter names (and checkpoints) stay the same
+    train_head = head
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        # Buffers (TRM's fixed latents, rotary tables) never change, so they are not re-broadcast each step.
+        train_head = DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None,
+                                             broadcast_buffers=False, gradient_as_bucket_view=True)
+
+    logger, bar = None, None
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
+        if resume_from is not None:
+            truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), step)
+        logger = Logger(run_dir, cfg, run_name)
+        params = sum(p.numel() for p in head.parameters())
+        print(f"run {run_dir}: {params / 1e6:.2f}M parameters, {total_steps} steps "
+              f"({loader.steps_per_epoch} per epoch), {world_size} process(es) on {device.type}"
+              + (f", resuming at step {step}" if step else "")
+              + ("" if has_test else "; no test split, so no evaluation"), file=sys.stderr)
+        bar = tqdm(total=total_steps, initial=step, desc=run_name, dynamic_ncols=True)
+    if saved_rng is not None:  # last, so nothing above shifts the random streams
+        set_rng_state(saved_rng, device)
+
+    head.train()
+    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=device)
+    logged_steps, start_time = 0, time.time()
+    while step < total_steps:
+        step += 1
+        batch = to_device(loader.next_batch(), device)
+        if carry is None:
+            carry = head.initial_carry(batch)
+        lr = lr_at(step, tc.lr, tc.lr_warmup_steps, total_steps, tc.lr_min_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        carry, loss, metrics, _ = train_head(carry, batch)
+        # DDP averages gradients over ranks, so the world_size factor makes them those of sum / global batch.
+        (loss * (world_size / tc.global_batch_size)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(head)
+        sums += torch.stack([metrics[k].double() for k in METRIC_KEYS])
+        logged_steps += 1
+
+        if bar is not None:
+            bar.update(1)
+        if step % tc.log_interval_steps == 0 or step == total_steps:
+            if world_size > 1:
+                dist.all_reduce(sums)
+            summary = summarize_metrics(dict(zip(METRIC_KEYS, sums.tolist())), tc.global_batch_size * logged_steps)
+            if rank == 0:
+                logger.log({"step": step, "lr": lr, **{f"train/{k}": v for k, v in summary.items()},
+                            "time_s": round(time.time() - start_time, 3)})
+                bar.set_postfix(loss=f"{summary['lm_loss']:.4f}", exact=f"{summary['exact_accuracy']:.3f}")
+            sums.zero_()
+            logged_steps = 0
+        if eval_head is not None and (step % tc.eval_interval_steps == 0 or step == total_steps):
+            eval_head.load_state_dict(head.state_dict())
+            if ema is not None:
+                ema.copy_to(eval_head)
+            results = evaluate(eval_head.model, cfg, device, rank, world_size)
+            if rank == 0:
+                logger.log({"step": step, **results})
+                bar.write(f"step {step}: eval exact {results['eval/exact_accuracy']:.4f} token {results['eval/accuracy']:.4f} "
+                          f"({int(results['eval/count'])} puzzles{', EMA' if ema else ''})")
+        if (tc.checkpoint_interval_steps and step % tc.checkpoint_interval_steps == 0) or step == total_steps:
+            save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size)
+
+    if rank == 0:
+        bar.close()
+        logger.finish()
+        print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config_name, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
+        cfg = compose_config(config_name, overrides)
+        train(cfg, config_name)
+    except (ConfigError, DatasetError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
