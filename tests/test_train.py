@@ -1,0 +1,185 @@
+"""pretrain.py on tiny generated data: learning, checkpoint contents, bit-exact resume after SIGKILL, config errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+
+import pytest
+import torch
+
+import pretrain
+from dataset import build_sudoku_dataset
+from models.eqr import ModelConfig, RecurrentReasoner
+from models.losses import ACTLossHead
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=1",
+             "arch.halt_max_steps=3", "arch.forward_dtype=float32", "arch.mlp_t=true"]
+
+
+@pytest.fixture(scope="module")
+def sudoku_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("data") / "sudoku")
+    build_sudoku_dataset.main(["--generate", "48", "--generate-test", "16", "--num-aug", "1", "--min-givens", "50",
+                               "--output-dir", path])
+    return path
+
+
+def overrides(data_path, run_dir, *extra):
+    return ["data_path=" + data_path, "checkpoint_path=" + str(run_dir), "device=cpu", "wandb_mode=disabled",
+            "global_batch_size=8", "eval_batch_size=8", "eval_max_examples=16", *TINY_ARCH, *extra]
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(run_dir):
+    return [(m["step"], m["train/lm_loss"], m["train/q_halt_loss"]) for m in read_metrics(run_dir) if "train/lm_loss" in m]
+
+
+def test_a_few_steps_lower_the_loss(sudoku_path, tmp_path):
+    run = tmp_path / "run"
+    rc = pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=100", "lr=1e-2",
+                        "lr_warmup_steps=1", "weight_decay=0", "log_interval_steps=1", "eval_interval_steps=50",
+                        "checkpoint_interval_steps=50")])
+    assert rc == 0
+    losses = [loss for _, loss, _ in train_losses(run)]
+    assert len(losses) == 100
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    evals = [m for m in read_metrics(run) if "eval/exact_accuracy" in m]
+    assert [m["step"] for m in evals] == [50, 100] and all(m["eval/count"] == 16 for m in evals)
+    assert 0 < evals[-1]["eval/accuracy"] <= 1
+
+
+def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path):
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/trm_sudoku", *overrides(sudoku_path, run, "max_steps=3",
+                          "checkpoint_interval_steps=2", "eval_interval_steps=null")]) == 0
+    with open(run / "latest") as f:
+        assert f.read().strip() == "step_3.pt"
+    assert sorted(os.listdir(run)) == ["config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt"]
+    ckpt = torch.load(run / "step_3.pt", weights_only=True)
+    assert ckpt["format"] == "eqr/1" and ckpt["step"] == 3 and ckpt["world_size"] == 1
+    assert {f.name for f in fields(ModelConfig)} <= set(ckpt["config"]["arch"])
+    assert ckpt["config"]["arch"]["seq_len"] == 81 and ckpt["config"]["arch"]["vocab_size"] == 11
+    assert set(ckpt["rng"]) == {"torch", "numpy", "python"} and ckpt["loader"]["step_in_epoch"] >= 0
+    assert ckpt["carry"]["z_H"].shape == (8, 81, 32) and ckpt["ema"]["rate"] == 0.999
+
+    config = ModelConfig.from_dict(ckpt["config"]["arch"])
+    head = ACTLossHead(RecurrentReasoner(config), ckpt["config"]["arch"]["loss"]["loss_type"])
+    head.load_state_dict(ckpt["model"])  # strict: every name matches, TRM's fixed latents included
+    assert torch.equal(head.model.inner.H_init, ckpt["model"]["model.inner.H_init"])
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudoku_path, tmp_path):
+    # EqR (random latents, noise, halting exploration) so that every random stream matters.
+    common = ["--config-name", "train/eqr_sudoku", "max_steps=60", "log_interval_steps=1", "checkpoint_interval_steps=10",
+              "eval_interval_steps=15", "lr=1e-3", "lr_warmup_steps=5", "lr_min_ratio=0.1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli([*common, *overrides(sudoku_path, full)]).wait() == 0
+
+    proc = run_cli([*common, *overrides(sudoku_path, killed)])
+    latest = killed / "latest"
+    while not latest.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped_at = int(latest.read_text().strip().removeprefix("step_").removesuffix(".pt"))
+    assert stopped_at < 60
+
+    resumed = run_cli([*common, *overrides(sudoku_path, killed), "resume=true"])
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert train_losses(killed) == train_losses(full)  # exact float equality, step for step
+    assert [m for m in read_metrics(killed) if "eval/accuracy" in m] == [m for m in read_metrics(full) if "eval/accuracy" in m]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["foo=1"], "foo"),
+    (["+foo=1"], "foo: unknown config key"),
+    (["arch.hiden_size=64"], "arch.hiden_size"),
+    (["+arch.hiden_size=64"], "arch.hiden_size: unknown model option"),
+    (["arch.vocab_size=12"], "arch.vocab_size: set to 12 but the dataset"),
+    (["arch.seq_len=900"], "arch.seq_len: set to 900"),
+    (["arch=nope"], "arch/nope"),
+    (["global_batch_size=0"], "global_batch_size: expected a positive integer"),
+    (["resume=true", "checkpoint_path=null"], "resume: needs run_name"),
+    (["arch.loss.loss_type=mse"], "arch.loss.loss_type"),
+])
+def test_bad_config_fails_at_start_with_one_line(sudoku_path, tmp_path, capsys, extra, expected):
+    rc = pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, tmp_path / "run"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_path_fails_with_one_line(tmp_path, capsys):
+    rc = pretrain.main(["--config-name", "train/eqr_sudoku", f"dataset.data_path={tmp_path}/nowhere", "wandb_mode=disabled"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path}/nowhere/train/dataset.json: missing")
+
+
+def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_to_overwrite(sudoku_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "resume=true")]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=1")]) == 0
+    capsys.readouterr()
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=2")]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    # A changed architecture cannot continue the run.
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=2", "resume=true",
+                          "arch.hidden_size=64")]) == 2
+    assert "arch.hidden_size was 32, now 64" in capsys.readouterr().err
+
+
+def test_feedforward_baseline_trains(sudoku_path, tmp_path):
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/ff_sudoku", *overrides(sudoku_path, run, "arch.L_layers=3",
+                          "arch.halt_max_steps=1", "max_steps=2", "eval_interval_steps=2")]) == 0
+    assert torch.load(run / "step_2.pt", weights_only=True)["config"]["arch"]["feedforward"] is True
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("train/eqr_sudoku", dict(mlp_t=True, lambda_=0.95, noise_scale=0.01, random_init=True, L_layers=2, H_cycles=3, L_cycles=6, hidden_size=512)),
+    ("train/trm_sudoku", dict(mlp_t=True, lambda_=1.0, noise_scale=0.0, random_init=False, pos_encodings="none")),
+    ("train/ff_sudoku", dict(feedforward=True, L_layers=42, H_cycles=1, halt_max_steps=1, H_init_std=0.0, random_init=False)),
+    ("train/eqr_maze_unique", dict(mlp_t=False, L_layers=1, L_cycles=4, hidden_size=128, pos_encodings="rope", lambda_=0.95)),
+    ("train/trm_maze_unique", dict(mlp_t=False, L_layers=1, L_cycles=4, hidden_size=128, random_init=False, noise_scale=0.0)),
+])
+def test_paper_presets(name, expect):
+    cfg = pretrain.compose_config(name, [])
+    tc = pretrain.parse_train_config(cfg)
+    assert (tc.global_batch_size, tc.lr, tc.lr_warmup_steps, tc.lr_min_ratio, tc.weight_decay) == (768, 1e-4, 2000, 1.0, 1.0)
+    assert (tc.beta1, tc.beta2, tc.ema, tc.ema_rate) == (0.9, 0.95, True, 0.999)
+    # floor(1000 groups * 1 example / 768) = 1 step per epoch on the 1k sets
+    assert tc.epochs * (1000 * 1 // tc.global_batch_size) == (100000 if "maze" in name else 50000)
+    config = ModelConfig.from_dict({k: v for k, v in cfg["arch"].items() if k not in ("seq_len", "vocab_size")},
+                                   seq_len=81 if "sudoku" in name else 900, vocab_size=11 if "sudoku" in name else 6)
+    assert {k: getattr(config, k) for k in expect} == expect
+    assert config.halt_max_steps == (1 if "ff" in name else 16) and config.forward_dtype == "bfloat16"
+
+
+def test_reference_key_dataset_data_path_is_an_alias():
+    cfg = pretrain.compose_config("train/eqr_maze_unique", ["dataset.data_path=/somewhere"])
+    assert cfg["data_path"] == "/somewhere"
+    cfg = pretrain.compose_config("train/eqr_maze_unique", ["data_path=/elsewhere"])
+    assert cfg["dataset"]["data_path"] == "/elsewhere"
+
+
+@pytest.mark.parametrize("name", ["eqr_sudoku_cpu", "trm_sudoku_cpu", "ff_sudoku_cpu", "eqr_maze_cpu", "trm_maze_cpu"])
+def test_cpu_presets_compose(name):
+    tc = pretrain.parse_train_config(pretrain.compose_config(f"train/{name}", []))
+    assert tc.device == "cpu" and tc.global_batch_size <= 64 and tc.arch["hidden_size"] <= 128
