@@ -18,6 +18,7 @@ UNITS = ([(81 + r, [r * 9 + c for c in range(9)]) for r in range(9)]
          + [(90 + c, [r * 9 + c for r in range(9)]) for c in range(9)]
          + [(99 + b, [i for i in range(81) if BOX[i] == b]) for b in range(9)])
 BIT_TO_DIGIT = {1 << d: d + 1 for d in range(9)}
+POPCOUNT = [bin(m).count("1") for m in range(512)]
 
 
 @dataclass
@@ -45,7 +46,7 @@ class _Search:
                 return
             # Naked singles: a cell with one candidate takes it.
             progress = False
-            cands = {}
+            cands = [0] * 81
             best, best_n = -1, 10
             for i in empties:
                 r, c, b = 81 + ROW[i], 90 + COL[i], 99 + BOX[i]
@@ -60,26 +61,28 @@ class _Search:
                     progress = True
                 else:
                     cands[i] = m
-                    n = bin(m).count("1")
+                    n = POPCOUNT[m]
                     if n < best_n:
                         best, best_n = i, n
             if progress:
                 continue
             # Hidden singles: a digit with one possible cell in a unit goes there.
             for used_at, cells in UNITS:
+                missing = ALL_DIGITS & ~state[used_at]
+                if not missing:
+                    continue
                 once = twice = 0
                 for i in cells:
-                    m = cands.get(i, 0)
+                    m = cands[i]
                     twice |= once & m
                     once |= m
-                missing = ALL_DIGITS & ~state[used_at]
                 if missing & ~once:
                     return  # some digit has nowhere to go in this unit
                 single = once & ~twice
                 while single:
                     bit = single & -single
                     single ^= bit
-                    i = next(i for i in cells if cands.get(i, 0) & bit)
+                    i = next(i for i in cells if cands[i] & bit)
                     if state[i] == BIT_TO_DIGIT[bit]:
                         continue  # already placed as a hidden single of another unit
                     r, c, b = 81 + ROW[i], 90 + COL[i], 99 + BOX[i]
