@@ -428,9 +428,9 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
     train_head = head
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        # Buffers (TRM's fixed latents, rotary tables) never change, so they are not re-broadcast each step.
+        # Buffers (TRM's fixed latents, rotary tables) never change: synced once at init, not every forward.
         train_head = DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None,
-                                             broadcast_buffers=False, gradient_as_bucket_view=True)
+                                             forward_sync_buffers=False, gradient_as_bucket_view=True)
 
     logger, bar = None, None
     if rank == 0:
