@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from array import array
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -42,17 +43,37 @@ class Puzzles:
 
 # ---------------------------------------------------------------- reading puzzles from a file
 
-def _parse_boards(lines: list[str], path: str, line_numbers: list[int], what: str) -> np.ndarray:
-    for text, line_no in zip(lines, line_numbers):
-        if len(text) != 81:
-            raise DatasetError(f"{path}:{line_no}: {what} must have 81 characters, got {len(text)}")
-    raw = np.frombuffer("".join(lines).replace(".", "0").encode("ascii", errors="replace"), dtype=np.uint8)
-    digits = raw.reshape(len(lines), 81).astype(np.int16) - ord("0")
-    bad = np.any((digits < 0) | (digits > 9), axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DatasetError(f"{path}:{line_numbers[i]}: {what} may only hold digits 1-9 and '.' or '0' for blanks")
-    return digits.astype(np.int8)
+class _Rows:
+    """Puzzle rows of a file packed as bytes (a 3.8M-row CSV would take gigabytes as Python strings)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.puzzles, self.answers, self.has_answer = bytearray(), bytearray(), bytearray()
+        self.line_numbers, self.ratings = array("q"), array("q")
+
+    def add(self, line_no: int, puzzle: str, answer: str, rating: str) -> None:
+        if len(puzzle) != 81:
+            raise DatasetError(f"{self.path}:{line_no}: puzzle must have 81 characters, got {len(puzzle)}")
+        if answer and len(answer) != 81:
+            raise DatasetError(f"{self.path}:{line_no}: solution must have 81 characters, got {len(answer)}")
+        try:
+            self.ratings.append(int(float(rating)) if rating else -1)
+        except ValueError:
+            raise DatasetError(f"{self.path}:{line_no}: rating must be an integer, got {rating!r}") from None
+        self.puzzles += puzzle.encode("ascii", errors="replace")
+        self.answers += answer.encode("ascii", errors="replace") if answer else b"0" * 81
+        self.has_answer.append(bool(answer))
+        self.line_numbers.append(line_no)
+
+    def boards(self, what: str) -> np.ndarray:
+        """Digits [n, 81] (0 blank) of the puzzles or the answers (all-blank where none was given)."""
+        raw = np.frombuffer(self.puzzles if what == "puzzle" else self.answers, dtype=np.uint8).reshape(-1, 81)
+        digits = np.where(raw == ord("."), 0, raw - ord("0")).astype(np.uint8)  # bytes below '0' wrap past 9
+        bad = np.any(digits > 9, axis=1)
+        if bad.any():
+            line_no = self.line_numbers[int(np.argmax(bad))]
+            raise DatasetError(f"{self.path}:{line_no}: {what} may only hold digits 1-9 and '.' or '0' for blanks")
+        return digits.astype(np.int8)
 
 
 def _first_conflicting_givens(puzzles: np.ndarray) -> int:
@@ -82,6 +103,7 @@ def read_puzzle_file(path: str, workers: int = 1, need_ratings: bool = False) ->
     several solutions are dropped and counted in the returned stats."""
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: file not found")
+    rows = _Rows(path)
     with open(path, newline="") as f:
         first = f.readline()
         f.seek(0)
@@ -93,41 +115,32 @@ def read_puzzle_file(path: str, workers: int = 1, need_ratings: bool = False) ->
             q_at = header.index("q")
             a_at = header.index("a") if "a" in header else None
             r_at = header.index("rating") if "rating" in header else None
-            rows = [(n, row) for n, row in enumerate(reader, start=2) if row]
-            for n, row in rows:
+            for line_no, row in enumerate(reader, start=2):
+                if not row:
+                    continue
                 if len(row) != len(header):
-                    raise DatasetError(f"{path}:{n}: expected {len(header)} fields like the header, got {len(row)}")
-            line_numbers = [n for n, _ in rows]
-            qs = [row[q_at].strip() for _, row in rows]
-            answers = [row[a_at].strip() if a_at is not None else "" for _, row in rows]
-            rating_text = [row[r_at].strip() if r_at is not None else "" for _, row in rows]
+                    raise DatasetError(f"{path}:{line_no}: expected {len(header)} fields like the header, got {len(row)}")
+                rows.add(line_no, row[q_at].strip(), row[a_at].strip() if a_at is not None else "",
+                         row[r_at].strip() if r_at is not None else "")
         else:
-            entries = [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
-            line_numbers = [n for n, _ in entries]
-            qs = [text for _, text in entries]
-            answers = [""] * len(qs)
-            rating_text = [""] * len(qs)
-    if not qs:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    rows.add(line_no, line.strip(), "", "")
+    if not rows.line_numbers:
         raise DatasetError(f"{path}: no puzzles found")
 
-    puzzles = _parse_boards(qs, path, line_numbers, "puzzle")
+    puzzles = rows.boards("puzzle")
     bad = _first_conflicting_givens(puzzles)
     if bad >= 0:
-        raise DatasetError(f"{path}:{line_numbers[bad]}: unsolvable puzzle, its givens repeat a digit in a row, column or box")
-    try:
-        ratings = np.array([int(float(r)) if r else -1 for r in rating_text], dtype=np.int64)
-    except ValueError:
-        raise DatasetError(f"{path}: rating column must hold integers") from None
-
-    solutions = np.zeros_like(puzzles)
-    has_answer = np.array([bool(a) for a in answers])
+        raise DatasetError(f"{path}:{rows.line_numbers[bad]}: unsolvable puzzle, its givens repeat a digit in a row, column or box")
+    ratings = np.array(rows.ratings, dtype=np.int64)
+    has_answer = np.frombuffer(rows.has_answer, dtype=np.uint8).astype(bool)
+    solutions = rows.boards("solution")
     if has_answer.any():
         idx = np.flatnonzero(has_answer)
-        given = _parse_boards([answers[i] for i in idx], path, [line_numbers[i] for i in idx], "solution")
-        problem = first_bad_solution(puzzles[idx], given)
+        problem = first_bad_solution(puzzles[idx], solutions[idx])
         if problem is not None:
-            raise DatasetError(f"{path}:{line_numbers[idx[problem[0]]]}: {problem[1]}")
-        solutions[idx] = given
+            raise DatasetError(f"{path}:{rows.line_numbers[idx[problem[0]]]}: {problem[1]}")
 
     to_solve = np.flatnonzero(~has_answer | ((ratings < 0) & need_ratings))
     keep = np.ones(len(puzzles), dtype=bool)
