@@ -14,8 +14,6 @@ VOCAB_SIZE = 11
 SEQ_LEN = 81
 _CELL = np.arange(81).reshape(9, 9)
 UNIT_CELLS = np.concatenate([_CELL, _CELL.T, _CELL.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)])  # [27, 9]
-
-
 PEERS = [sorted({int(j) for u in UNIT_CELLS if i in u for j in u} - {i}) for i in range(81)]
 
 
