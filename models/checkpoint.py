@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes and safe reads.
+"""Checkpoint files: atomic writes, safe reads, and the model evaluation should use.
 
 A training checkpoint written by pretrain.py is a dict of tensors and plain types only
 (so it loads with `torch.load(weights_only=True)`):
@@ -9,11 +9,31 @@ A training checkpoint written by pretrain.py is a dict of tensors and plain type
     model        state dict of the ACT loss head (names "model.inner.*"), float32
     ema          {"rate": float, "shadow": {name: tensor}} when EMA is on
     optimizer, carry, rng, loader   what an exact resume needs
-"""
-import os
-import tempfile
 
+The authors' checkpoints (`eqr.pth` in the Hub repo locuslab/EqR-model, see
+shared/REFERENCE_CHECKPOINT.md) have the same `model` names, possibly with `_orig_mod.`
+segments, an `ema` = {"mu", "shadow"} entry, and a `config["arch"]` without seq_len and
+vocab_size. They also hold numpy RNG state and a pickled `carry` dataclass of the
+authors' modules, so they are read with RestrictedUnpickler: tensors, plain containers,
+numpy arrays and those known state records (rebuilt as SimpleNamespace) and nothing else.
+
+Any path may be an `hf://OWNER/REPO[@REVISION]/path/in/repo.pth` URI; it is fetched
+through the Hugging Face cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honoured).
+"""
+import codecs
+import hashlib
+import os
+import pickle
+import tempfile
+import types
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
 import torch
+
+from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner
+from models.losses import ACTLossHead
 
 
 class CheckpointError(RuntimeError):
@@ -37,6 +57,11 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def safe_load(path: str, map_location="cpu") -> dict:
     """Load a checkpoint that holds only tensors and plain types; anything else is refused."""
     if not os.path.isfile(path):
@@ -44,8 +69,321 @@ def safe_load(path: str, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
+
+
+# ---------------------------------------------------------------------------------------
+# Reading files we did not write: a pickle that can only rebuild what a checkpoint needs.
+
+def _allowed_globals() -> dict:
+    allowed = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "bytearray"): bytearray,
+        ("builtins", "complex"): complex,
+        ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        ("torch", "Tensor"): torch.Tensor,
+        ("torch._tensor", "Tensor"): torch.Tensor,
+        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
+        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
+    }
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+                 "_rebuild_parameter_with_state"):
+        if hasattr(torch._utils, name):
+            allowed[("torch._utils", name)] = getattr(torch._utils, name)
+    for name in dir(torch):  # dtypes pickle as module attributes: torch.float32, torch.bfloat16, ...
+        if isinstance(getattr(torch, name, None), torch.dtype):
+            allowed[("torch", name)] = getattr(torch, name)
+    # numpy arrays, scalars and dtypes as plain data (numpy 1.x files say numpy.core, 2.x numpy._core)
+    reconstruct, scalar = np.empty(0).__reduce__()[0], np.float64(0).__reduce__()[0]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "scalar")] = scalar
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    # The authors' training state records (the ACT carry); kept as attribute bags, never imported.
+    for module in ("models.eqr", "models.trm"):
+        for name in ("ModelCarry", "LatentCarry"):
+            allowed[(module, name)] = types.SimpleNamespace
+    return allowed
+
+
+ALLOWED_GLOBALS = _allowed_globals()
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A global (class or function) the checkpoint's pickle asks for that is not on the allow-list."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualified_name = f"{module}.{name}"
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only ALLOWED_GLOBALS; any other global raises RefusedGlobal."""
+
+    def find_class(self, module, name):
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise RefusedGlobal(module, name) from None
+
+
+def _restricted_load(file, **kwargs):
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+# torch.load(pickle_module=...) wants a module with `Unpickler` and `load`.
+restricted_pickle = types.ModuleType("restricted_pickle")
+restricted_pickle.Unpickler = RestrictedUnpickler
+restricted_pickle.load = _restricted_load
+
+
+def read_checkpoint(path: str, trust_checkpoint: bool = False) -> tuple[dict, str]:
+    """Load a checkpoint dict onto the CPU -> (dict, how it was read).
+
+    Tried in order: torch's weights_only loader (our own files), then RestrictedUnpickler
+    (the authors' files); `trust_checkpoint` skips both for a plain, unrestricted torch.load.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK\x03\x04"):  # torch's zip format; torch.load does not check the CRCs, so do it here
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)}); is the file complete?") \
+                from None
+        if damaged:
+            raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
+    elif not magic.startswith(b"\x80"):  # nor a (legacy torch) pickle
+        raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
+    if trust_checkpoint:
+        attempts = [("trusted", dict(weights_only=False))]
+    else:
+        attempts = [("weights_only", dict(weights_only=True)),
+                    ("restricted", dict(weights_only=False, pickle_module=restricted_pickle))]
+    for how, kwargs in attempts:
+        try:
+            obj = torch.load(path, map_location="cpu", **kwargs)
+            break
+        except RefusedGlobal as e:
+            raise CheckpointError(
+                f"{path}: refused to unpickle {e.qualified_name} (not a tensor, plain type or known training state); "
+                f"pass trust_checkpoint=true only if you trust this file") from None
+        except Exception as e:
+            error = e
+    else:
+        reason = _first_line(error).split(". ")[0]  # torch's errors go on for several sentences
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj, how
+
+
+# ---------------------------------------------------------------------------------------
+# hf:// URIs
+
+HF_SCHEME = "hf://"
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face cache folder: HF_HUB_CACHE, else HF_HOME/hub, else the library default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.path.expandvars(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub")
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str | None, str]:
+    """'hf://owner/repo@rev/path/file.pth' -> ('owner/repo', 'rev' or None, 'path/file.pth')."""
+    parts = uri[len(HF_SCHEME):].split("/", 2)
+    if len(parts) != 3 or not all(parts) or parts[1].startswith("@"):
+        raise CheckpointError(f"{uri}: expected hf://OWNER/REPO[@REVISION]/path/in/repo")
+    repo, _, revision = parts[1].partition("@")
+    return f"{parts[0]}/{repo}", revision or None, parts[2]
+
+
+def resolve_checkpoint_path(path_or_uri: str, cache_dir: str | None = None) -> str:
+    """A local path is returned as is; an hf:// URI is downloaded into (or found in) the HF cache."""
+    if not path_or_uri.startswith(HF_SCHEME):
+        return path_or_uri
+    repo_id, revision, filename = parse_hf_uri(path_or_uri)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, \
+        RevisionNotFoundError
+
+    cache_dir = cache_dir or hub_cache_dir()
+    offline = hub_offline()
+    try:
+        return hf_hub_download(repo_id, filename, repo_type="model", revision=revision, cache_dir=cache_dir,
+                               local_files_only=offline)
+    except LocalEntryNotFoundError:  # offline (or the Hub unreachable) and not in the cache
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        reason = (f"not in the Hugging Face cache {cache_dir} and {why}; "
+                  f"download it first (scripts/download_artifacts.sh --ckpts-only) or check HF_HOME/HF_HUB_CACHE")
+    except EntryNotFoundError:
+        reason = f"no file {filename} in the model repo {repo_id}" + (f" at {revision}" if revision else "")
+    except RevisionNotFoundError:
+        reason = f"no revision {revision} in the model repo {repo_id}"
+    except RepositoryNotFoundError:
+        reason = f"no model repo {repo_id} on the Hub (or it is private: set HF_TOKEN)"
+    except Exception as e:
+        reason = f"Hub download failed ({type(e).__name__}: {_first_line(e)})"
+    raise CheckpointError(f"{path_or_uri}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------
+# The model evaluation uses
+
+REFERENCE_TRM = dict(random_init=False, lambda_=1.0, noise_scale=0.0)  # TRM: fixed latents, plain update
+EMBEDDING = "model.inner.embed_tokens.embedding_weight"
+TOKEN_MLP = "model.inner.L_level.layers.0.mlp_t.gate_up_proj.weight"
+DEFAULT_LOSS = "stablemax_cross_entropy"
+
+
+def strip_orig_mod(state: dict) -> dict:
+    """Drop the `_orig_mod.` segments torch.compile puts into parameter names."""
+    return {".".join(p for p in k.split(".") if p != "_orig_mod"): v for k, v in state.items()}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + (",)" if len(t.shape) == 1 else ")")
+
+
+def _reference_arch(path: str, arch: dict, weights: dict, data_seq_len: int | None) -> dict:
+    """ModelConfig fields for an authors' file: arch dict + sizes read off the weights or the data."""
+    family = str(arch.get("name", "eqr")).split("@")[0].rsplit(".", 1)[-1]
+    if family not in ("eqr", "trm"):
+        raise CheckpointError(f"{path}: config.arch.name {arch.get('name')!r} is neither an EqR nor a TRM model")
+    if EMBEDDING not in weights:
+        raise CheckpointError(f"{path}: no parameter {EMBEDDING}, so vocab_size is unknown")
+    fields = {**arch, **(REFERENCE_TRM if family == "trm" else {})}
+    fields.setdefault("vocab_size", weights[EMBEDDING].shape[0])
+    if "seq_len" not in fields:
+        if data_seq_len is not None:
+            fields["seq_len"] = data_seq_len
+        elif arch.get("mlp_t") and TOKEN_MLP in weights:
+            fields["seq_len"] = weights[TOKEN_MLP].shape[-1]
+        else:
+            raise CheckpointError(f"{path}: the checkpoint does not record seq_len; pass the dataset (data_path) "
+                                  f"it was trained on so seq_len can be read from it")
+    return fields
+
+
+def _eval_weights(path: str, ckpt: dict) -> tuple[dict, set | None]:
+    """The state dict to evaluate -> (`model` with the EMA shadow over it if any, the shadow's names)."""
+    weights = ckpt["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: 'model' is a {type(weights).__name__}, expected a state dict")
+    weights = strip_orig_mod(weights)
+    ema = ckpt.get("ema")
+    shadow = ema.get("shadow") if isinstance(ema, dict) else None
+    if not shadow:
+        return weights, None
+    shadow = strip_orig_mod(shadow)
+    unknown = set(shadow) - set(weights)
+    if unknown:
+        raise CheckpointError(f"{path}: ema.shadow has {sorted(unknown)[0]}, which is not in 'model'")
+    return {**weights, **shadow}, set(shadow)  # buffers (TRM's H_init/L_init) are not in the shadow
+
+
+def _check_fits(path: str, model: torch.nn.Module, weights: dict, shadow_names: set | None) -> None:
+    """One line naming the first parameter whose name or shape does not fit the architecture."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise CheckpointError(f"{path}: missing parameter {name}, which the architecture needs")
+        if not isinstance(weights[name], torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is a {type(weights[name]).__name__}, expected a tensor")
+        if weights[name].shape != tensor.shape:
+            raise CheckpointError(f"{path}: parameter {name} has shape {_shape(weights[name])}, "
+                                  f"architecture expects {_shape(tensor)}")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path}: parameter {extra[0]} is not in the architecture")
+    if shadow_names is not None:
+        untracked = sorted(n for n, _ in model.named_parameters() if n not in shadow_names)
+        if untracked:
+            raise CheckpointError(f"{path}: ema.shadow lacks parameter {untracked[0]}")
+
+
+def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len: int | None = None,
+                  data_vocab_size: int | None = None, overrides: dict | None = None) -> tuple[ACTLossHead, dict]:
+    """Rebuild the model a checkpoint (ours or the authors', local or hf://) describes, in eval mode.
+
+    The weights are the EMA shadow when the file has one, else `model`. `data_seq_len` /
+    `data_vocab_size` come from the dataset to evaluate on and must agree with the file;
+    `overrides` replaces ModelConfig fields (e.g. forward_dtype, H_cycles, halt_max_steps).
+    Returns (ACTLossHead on the CPU, info dict).
+    """
+    path = resolve_checkpoint_path(path_or_uri)
+    ckpt, how = read_checkpoint(path, trust_checkpoint)
+    if "model" not in ckpt:
+        raise CheckpointError(f"{path}: no 'model' entry (keys: {', '.join(map(str, list(ckpt)[:12]))}); "
+                              f"not a training checkpoint")
+    weights, shadow_names = _eval_weights(path, ckpt)
+    train_config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    arch = train_config.get("arch")
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{path}: no config.arch entry, so the architecture is unknown")
+
+    if ckpt.get("format", "eqr/1") != "eqr/1":
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r} is not one this code reads (eqr/1)")
+    ours = "format" in ckpt  # else the authors' layout
+    fields = dict(arch) if ours else _reference_arch(path, arch, weights, data_seq_len)
+    for key, given in (("seq_len", data_seq_len), ("vocab_size", data_vocab_size)):
+        if given is not None and fields.get(key) not in (None, given):
+            raise CheckpointError(f"{path}: the model was trained with {key} {fields[key]}, the data has {given}")
+    loss = arch.get("loss")
+    loss_type = loss.get("loss_type", DEFAULT_LOSS) if isinstance(loss, dict) else DEFAULT_LOSS
+    unknown = set(overrides or {}) - set(ModelConfig.__dataclass_fields__)
+    if unknown:
+        raise CheckpointError(f"{path}: overrides.{sorted(unknown)[0]} is not a model option")
+    try:
+        config = ModelConfig.from_dict(fields, strict=ours, **(overrides or {}))
+        model = ACTLossHead(RecurrentReasoner(config), loss_type)
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{path}: {_first_line(e)}") from None
+
+    _check_fits(path, model, weights, shadow_names)
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    info = {
+        "source": path,
+        "uri": path_or_uri,
+        "sha256": file_sha256(path),
+        "format": "eqr/1" if ours else "reference",
+        "read_with": how,
+        "step": ckpt.get("step"),
+        "ema": shadow_names is not None,
+        "model_config": config.to_dict(),
+        "loss_type": loss_type,
+        "ignored_arch_keys": sorted(set(arch) - set(ModelConfig.__dataclass_fields__) - REFERENCE_ONLY_KEYS),
+        "train_config": train_config,
+    }
+    return model, info
