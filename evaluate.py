@@ -1,0 +1,334 @@
+"""Evaluate a checkpoint over depth D (supervision steps) and breadth B (trajectories per puzzle).
+
+    python evaluate.py checkpoint=PATH [key=value ...]          # one process (CPU or one GPU)
+    torchrun --nproc-per-node N evaluate.py checkpoint=PATH ...  # the test split sharded over N ranks
+
+One cell, as the reference:  halt_max_steps=64 different_init=128 convergence_top_k=1 global_batch_size=16
+A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128]   (or eval=paper_grid)
+Elastic budget (halting):    halt=true [halt_threshold=0]
+Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
+Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
+"""
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from dataset.common import DatasetError, load_metadata, load_split
+from dataset.puzzle_dataset import iter_test_batches, num_test_batches
+from evaluation import report
+from evaluation.grid import GridSpec, fingerprint, load_partial, partial_path, run_batch, save_partial
+from evaluation.keyed_rng import KeyedSampler
+from models.checkpoint import CheckpointError, load_for_eval
+from models.eqr import ConfigError, TorchSampler
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str
+    trust_checkpoint: bool
+    data_path: str | None
+    split: str
+    output_dir: str | None
+    device: str | None
+    forward_dtype: str | None
+    halt_max_steps: int | None
+    different_init: int | None
+    depths: list | None
+    breadths: list | None
+    convergence_top_k: int
+    convergence_window: int
+    halt: bool
+    halt_threshold: float
+    global_batch_size: int | None
+    max_eval_steps: int | None
+    seed: int | None
+    rng: str
+    resume: bool
+    save_every_batches: int
+    save_every_seconds: float
+    plots: bool
+    progress: bool
+
+    def __post_init__(self):
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
+        if self.rng not in ("keyed", "torch"):
+            raise ConfigError(f"rng: expected keyed or torch, got {self.rng!r}")
+        for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
+        for key in ("convergence_top_k", "convergence_window", "save_every_batches"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        for key in ("depths", "breadths"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, list) or not value
+                                      or any(not isinstance(v, int) or v < 1 for v in value)):
+                raise ConfigError(f"{key}: expected a list of positive integers such as [1,2,4], got {value!r}")
+        if self.depths and self.halt_max_steps is not None and self.halt_max_steps != max(self.depths):
+            raise ConfigError(f"halt_max_steps: {self.halt_max_steps} disagrees with max(depths) = {max(self.depths)}")
+        if self.breadths and self.different_init not in (None, 1, max(self.breadths)):
+            raise ConfigError(f"different_init: {self.different_init} disagrees with max(breadths) = {max(self.breadths)}")
+        if self.resume and not self.output_dir:
+            raise ConfigError("resume: needs output_dir=<the folder of the sweep to continue>")
+
+
+def compose_config(overrides: list[str]) -> dict:
+    """Hydra composition of config/cfg_eval.yaml -> plain dict; Hydra's errors become one ConfigError line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name="evaluate"):
+            cfg = compose(config_name="cfg_eval", overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        text = str(e).split("Config search path")[0]
+        raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
+
+
+def parse_config(cfg: dict) -> EvalConfig:
+    cfg.pop("eval", None)
+    known = {f.name for f in fields(EvalConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_eval.yaml for the known keys)")
+    return EvalConfig(**cfg)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); torchrun's environment makes a process group (nccl on CUDA, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def broadcast(value, world_size: int):
+    if world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def checkpoint_name(uri: str) -> str:
+    """'hf://locuslab/EqR-model/sudoku-extreme/eqr.pth' -> 'sudoku-extreme_eqr'."""
+    parts = uri.rstrip("/").split("/")
+    stem = os.path.splitext(parts[-1])[0]
+    parent = parts[-2] if len(parts) > 1 and parts[-2] not in ("", ".", "hf:") else ""
+    return f"{parent}_{stem}" if parent else stem
+
+
+def train_setting(train_config: dict, key: str):
+    """A training config value, in our layout or the reference's (dataset.data_path)."""
+    if train_config.get(key) is not None:
+        return train_config[key]
+    if key == "data_path":
+        return (train_config.get("dataset") or {}).get("data_path")
+    return None
+
+
+def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
+    depths = cfg.depths or [cfg.halt_max_steps or model_config.halt_max_steps]
+    breadths = cfg.breadths or [cfg.different_init or 1]
+    return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
+                    blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
+                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold))
+
+
+def make_sampler(cfg: EvalConfig, seed: int, batch: dict, breadth: int):
+    if cfg.rng == "torch":
+        return TorchSampler()
+    puzzles = batch["index"].repeat_interleave(breadth)
+    trajectories = torch.arange(breadth, device=puzzles.device).repeat(batch["index"].shape[0])
+    return KeyedSampler(seed, puzzles, trajectories)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
+    """Run the grid; rank 0 writes the outputs and returns the results dict (other ranks: None)."""
+    data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None
+    overrides = {"forward_dtype": cfg.forward_dtype} if cfg.forward_dtype else None
+    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
+                               data_seq_len=data_meta.seq_len if data_meta else None,
+                               data_vocab_size=data_meta.vocab_size if data_meta else None, overrides=overrides)
+    model_config = head.model.config
+    inner = head.model.inner.to(device).eval()
+    train_config = info["train_config"]
+
+    data_path = cfg.data_path or train_setting(train_config, "data_path")
+    if not data_path:
+        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
+    meta = load_metadata(data_path, cfg.split)
+    for key in ("seq_len", "vocab_size"):
+        if getattr(meta, key) != getattr(model_config, key):
+            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
+                              f"the checkpoint's model {getattr(model_config, key)}")
+    global_batch_size = cfg.global_batch_size or train_setting(train_config, "global_batch_size")
+    if not global_batch_size:
+        raise ConfigError("global_batch_size: the checkpoint does not record one; pass global_batch_size=N")
+    if global_batch_size % world_size:
+        raise ConfigError(f"global_batch_size: {global_batch_size} does not split over {world_size} processes")
+    seed = cfg.seed if cfg.seed is not None else int(train_setting(train_config, "seed") or 0)
+    spec = grid_spec(cfg, model_config)
+    max_examples = cfg.max_eval_steps * global_batch_size if cfg.max_eval_steps else None
+    num_batches = num_test_batches(data_path, global_batch_size, cfg.split, max_examples)
+    examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])
+    examples = min(examples, max_examples) if max_examples else examples
+
+    identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
+                "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
+                "seed": seed, "rng": cfg.rng, "spec": spec.to_dict(), "model": model_config.to_dict(),
+                "device_type": device.type}
+    output_dir = broadcast(cfg.output_dir or os.path.join(
+        "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
+
+    # Resume this rank's shard of the sweep, or refuse to overwrite one.
+    counts = torch.zeros(spec.size, dtype=torch.long, device=device)
+    start_batch, seconds_before, depth_seconds = 0, 0.0, [0.0] * len(spec.depths)
+    own_partial = partial_path(output_dir, rank, world_size)
+    if cfg.resume and os.path.isfile(own_partial):
+        state = load_partial(own_partial, identity)
+        counts += state["counts"].to(device)
+        start_batch, seconds_before, depth_seconds = state["next_batch"], state["seconds"], state["depth_seconds"]
+    elif not cfg.resume and os.path.isdir(os.path.dirname(own_partial)) and os.listdir(os.path.dirname(own_partial)):
+        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished sweep; "
+                          f"pass resume=true to continue it or choose another output_dir")
+    if cfg.rng == "torch":
+        torch.manual_seed(seed + rank)
+
+    if rank == 0:
+        print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
+              f"{'EMA' if info['ema'] else 'raw'} weights) on {data_path}/{cfg.split}: {examples} puzzles, "
+              f"depths {list(spec.depths)} x breadths {list(spec.breadths)}, {world_size} process(es) on {device.type}"
+              + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
+    from tqdm import tqdm
+    bar = tqdm(total=examples, initial=min(start_batch * global_batch_size, examples), unit="puzzle",
+               desc=f"eval D{spec.max_depth} B{spec.max_breadth}", disable=rank != 0 or not cfg.progress,
+               dynamic_ncols=True, smoothing=0.1)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
+    started = last_save = time.time()
+    batch_index = start_batch
+    for batch_index, batch in enumerate(iter_test_batches(data_path, global_batch_size, rank, world_size, cfg.split,
+                                                          max_examples, start_batch=start_batch), start=start_batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sampler = make_sampler(cfg, seed, batch, spec.max_breadth)
+        cells, hist, seconds = run_batch(inner, batch, spec, sampler)
+        counts += torch.cat([cells.flatten(), hist.flatten()])
+        depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
+        bar.update(max(0, min(global_batch_size, examples - batch_index * global_batch_size)))
+        done = batch_index + 1
+        if done < num_batches and (done % cfg.save_every_batches == 0 or time.time() - last_save > cfg.save_every_seconds):
+            save_partial(own_partial, identity, done, counts, seconds_before + time.time() - started, depth_seconds)
+            last_save = time.time()
+        if kill_after and done - start_batch >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    wall = seconds_before + time.time() - started
+
+    if world_size > 1:  # the one reduction of the run
+        dist.all_reduce(counts)
+    results = None
+    if rank == 0:
+        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device)
+    if world_size > 1:
+        dist.barrier()
+    if os.path.isfile(own_partial):  # the finished results replace this rank's partial counts
+        os.remove(own_partial)
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0 and os.path.isdir(os.path.dirname(own_partial)) and not os.listdir(os.path.dirname(own_partial)):
+        os.rmdir(os.path.dirname(own_partial))
+    return results
+
+
+def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device) -> dict:
+    cells, hist = spec.split(counts)
+    rows = report.build_rows(spec, cells, hist, depth_seconds)
+    puzzles = int(cells[0, 0, 0, 1])
+    d, b = spec.max_depth, spec.max_breadth
+    rule = report.headline_rule(spec, d, b)
+    head = report.find(rows, d, b, rule)
+    results = {
+        "format": "eqr-eval/1",
+        "headline": {"metric": "exact_accuracy", "depth": d, "breadth": b, "rule": rule,
+                     "description": report.RULE_TEXT[rule], "accuracy": head["accuracy"],
+                     "correct": head["correct"], "total": head["total"]},
+        "checkpoint": {k: info[k] for k in ("uri", "source", "sha256", "format", "step", "ema")},
+        "data": {"path": identity["data_path"], "split": identity["split"], "puzzles": puzzles},
+        "config": asdict(cfg),
+        "grid": spec.to_dict(),
+        "rules": spec.rules,
+        "config_fingerprint": fingerprint(identity),
+        "identity": identity,
+        "world_size": identity["world_size"],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "wall_time_s": wall,
+        "puzzles_per_s": puzzles / wall if wall > 0 else None,
+        "time_to_depth_s": dict(zip(map(str, spec.depths), depth_seconds)),
+        "notes": "B>1 figures count real puzzles only (the reference also counts the padding rows of the last "
+                 "test batch as solved); token accuracy is pooled over labelled tokens.",
+        "rows": rows,
+        "counts": {"fields": ["correct", "total", "token_correct", "token_total", "nfe"],
+                   "cells": cells.tolist(), "pass_histograms": hist.tolist()},
+    }
+    extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
+             "pass_wall_time_s": wall}
+    os.makedirs(output_dir, exist_ok=True)
+    report.write_json(os.path.join(output_dir, "results.json"), results)
+    report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
+    if cfg.plots:
+        report.write_plots(output_dir, spec, rows)
+    print(report.format_table(spec, rows, puzzles))
+    print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
+          f"{identity['world_size']} process(es); results in {output_dir}/")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    distributed = False
+    try:
+        flags = [a for a in argv if a.startswith("-")]
+        if flags:
+            raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
+        cfg = parse_config(compose_config(argv))
+        rank, world_size, device = setup_processes(cfg.device)
+        distributed = world_size > 1
+        evaluate(cfg, rank, world_size, device)
+    except (ConfigError, DatasetError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Turn the reduced grid counts into results.json, results.csv, a printed table and PNG plots.
+
+Every file is written to a temporary name in the output folder and renamed into place.
+"""
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+
+from evaluation import selection
+from evaluation.grid import FIELDS, GridSpec
+
+RULE_TEXT = {
+    "traj1": "trajectory 1 (B=1 answer)",
+    "all_traj": "mean over all N x B trajectories (the reference's plain exact_accuracy at B>1)",
+    "majority": "majority vote over the B answers (tie: the answer seen first)",
+    "conv_top1": "top-1 by convergence (the paper's B>1 metric)",
+}
+CSV_COLUMNS = ["depth", "breadth", "rule", "halting", "correct", "total", "accuracy", "token_correct", "token_total",
+               "token_accuracy", "nfe_per_puzzle", "nfe_saving_at_equal_accuracy", "time_to_depth_s",
+               "pass_wall_time_s", "checkpoint_sha256", "config_fingerprint"]
+
+
+def headline_rule(spec: GridSpec, depth: int, breadth: int) -> str:
+    """The paper's metric for a cell: exact accuracy of the top-1-by-convergence answer (B > 1, D >= 2),
+    of trajectory 1 otherwise."""
+    return "conv_top1" if spec.reported(depth, breadth, "conv_top1") else "traj1"
+
+
+def _ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def build_rows(spec: GridSpec, cells, hist, depth_seconds: list[float] | None = None) -> list[dict]:
+    """One row per (D, B, rule) that means something there; pass@k rows come from the histograms."""
+    rows = []
+    for d, depth in enumerate(spec.depths):
+        for b, breadth in enumerate(spec.breadths):
+            for r, rule in enumerate(spec.rules):
+                if not spec.reported(depth, breadth, rule):
+                    continue
+                c = dict(zip(FIELDS, (int(x) for x in cells[d, b, r].tolist())))
+                rows.append({"depth": depth, "breadth": breadth, "rule": rule, "halting": rule.endswith("+halt"),
+                             **{k: c[k] for k in ("correct", "total", "token_correct", "token_total")},
+                             "accuracy": _ratio(c["correct"], c["total"]),
+                             "token_accuracy": _ratio(c["token_correct"], c["token_total"]),
+                             "nfe_per_puzzle": _ratio(c["nfe"], cells[d, b, 0, FIELDS.index("total")].item())})
+            spent = _ratio(cells[d, b, 1, FIELDS.index("nfe")].item(), cells[d, b, 0, FIELDS.index("total")].item())
+            for h in range(hist.shape[2]):
+                histogram = [int(x) for x in hist[d, b, h].tolist()]
+                puzzles = sum(histogram)
+                for k in selection.pass_ks(breadth):
+                    value = selection.pass_at_k_from_histogram(histogram, breadth, k)
+                    rows.append({"depth": depth, "breadth": breadth, "rule": f"pass@{k}" + ("+halt" if h else ""),
+                                 "halting": bool(h), "correct": round(value * puzzles, 6), "total": puzzles,
+                                 "token_correct": None, "token_total": None, "accuracy": value, "token_accuracy": None,
+                                 "nfe_per_puzzle": spent if not h else _ratio(
+                                     cells[d, b, spec.rules.index("all_traj+halt"), FIELDS.index("nfe")].item(), puzzles)})
+    for row in rows:
+        row["time_to_depth_s"] = depth_seconds[spec.depths.index(row["depth"])] if depth_seconds else None
+    add_nfe_savings(rows)
+    return rows
+
+
+def add_nfe_savings(rows: list[dict]) -> None:
+    """For each halting row: NFE of the cheapest non-halting depth (same rule and breadth) reaching at
+    least its accuracy, divided by its own NFE. None when no depth of the grid reaches it."""
+    for row in rows:
+        row["nfe_saving_at_equal_accuracy"] = None
+        if not row["halting"] or not row["nfe_per_puzzle"]:
+            continue
+        rule = row["rule"].removesuffix("+halt")
+        reach = [r["nfe_per_puzzle"] for r in rows if r["rule"] == rule and r["breadth"] == row["breadth"]
+                 and r["accuracy"] >= row["accuracy"]]
+        if reach:
+            row["nfe_saving_at_equal_accuracy"] = min(reach) / row["nfe_per_puzzle"]
+
+
+def find(rows: list[dict], depth: int, breadth: int, rule: str) -> dict | None:
+    return next((r for r in rows if (r["depth"], r["breadth"], r["rule"]) == (depth, breadth, rule)), None)
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _clean(value):
+    """NaN -> None, so results.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: str, results: dict) -> None:
+    atomic_write(path, (json.dumps(_clean(results), indent=2, default=str) + "\n").encode())
+
+
+def write_csv(path: str, rows: list[dict], extra: dict) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(_clean({**row, **extra}))
+    atomic_write(path, out.getvalue().encode())
+
+
+# ----------------------------------------------------------------------------- printed table
+
+def _pct(row) -> str:
+    return "    -" if row is None or row["accuracy"] is None or math.isnan(row["accuracy"]) else f"{100 * row['accuracy']:5.1f}"
+
+
+def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
+    """Exact accuracy (%) over D (columns) x B (rows), one block per rule; the paper's metric first."""
+    lines = [f"Exact accuracy (%) on {puzzles} puzzles: whole board right. "
+             f"THE PAPER'S METRIC is the first table (top-1 by convergence at B>1, trajectory 1 at B=1)."]
+    header = "    B \\ D " + "".join(f"{d:>7}" for d in spec.depths)
+
+    def block(title, pick):
+        lines.extend(["", title, header])
+        for breadth in spec.breadths:
+            lines.append(f"{breadth:>9} " + "".join(f"{_pct(pick(depth, breadth)):>7}" for depth in spec.depths))
+
+    block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
+          lambda d, b: find(rows, d, b, headline_rule(spec, d, b)))
+    block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
+    if spec.max_breadth > 1:
+        block("majority vote", lambda d, b: find(rows, d, b, "majority"))
+        block("pass@B (any of the B right)", lambda d, b: find(rows, d, b, f"pass@{b}"))
+        block("reference's plain exact_accuracy at B>1 (mean over all N x B trajectories)",
+              lambda d, b: find(rows, d, b, "all_traj"))
+    if spec.halt:
+        block(f"with halting (q > {spec.halt_threshold}): trajectory 1", lambda d, b: find(rows, d, b, "traj1+halt"))
+        lines.append("")
+        lines.append("NFE per puzzle (block applications), trajectory 1, without -> with halting:")
+        for depth in spec.depths:
+            plain, halted = find(rows, depth, 1 if 1 in spec.breadths else spec.breadths[0], "traj1"), \
+                find(rows, depth, 1 if 1 in spec.breadths else spec.breadths[0], "traj1+halt")
+            saving = halted["nfe_saving_at_equal_accuracy"]
+            lines.append(f"  D{depth:<3} {plain['nfe_per_puzzle']:9.1f} ({_pct(plain)}%) -> {halted['nfe_per_puzzle']:9.1f} "
+                         f"({_pct(halted)}%)" + (f"   saving at equal accuracy {saving:.2f}x" if saving else ""))
+    d, b = spec.max_depth, spec.max_breadth
+    head = find(rows, d, b, headline_rule(spec, d, b))
+    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[headline_rule(spec, d, b)]}): "
+                      f"{_pct(head).strip()}% ({head['correct']}/{head['total']})"])
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _save_figure(fig, path: str) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write(path, buffer.getvalue())
+
+
+def write_plots(output_dir: str, spec: GridSpec, rows: list[dict]) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    grid = np.array([[(find(rows, d, b, headline_rule(spec, d, b)) or {}).get("accuracy", np.nan) for d in spec.depths]
+                     for b in spec.breadths], dtype=float) * 100
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(spec.depths), 1.0 + 0.6 * len(spec.breadths)))
+    image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto", vmin=0, vmax=100)
+    ax.set_xticks(range(len(spec.depths)), [str(d) for d in spec.depths])
+    ax.set_yticks(range(len(spec.breadths)), [str(b) for b in spec.breadths])
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w" if value < 60 else "k")
+    ax.set_xlabel("depth D (supervision steps)")
+    ax.set_ylabel("breadth B (trajectories)")
+    ax.set_title("exact accuracy (%): top-1 by convergence (B>1), trajectory 1 (B=1)")
+    fig.colorbar(image, ax=ax)
+    path = os.path.join(output_dir, "accuracy_heatmap.png")
+    _save_figure(fig, path)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for breadth in spec.breadths:
+        points = [find(rows, d, breadth, headline_rule(spec, d, breadth)) for d in spec.depths]
+        ax.plot([p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points], "o-", label=f"B={breadth}")
+        if spec.halt:
+            rule = "majority+halt" if breadth > 1 else "traj1+halt"
+            points = [find(rows, d, breadth, rule) for d in spec.depths]
+            ax.plot([p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points], "x--",
+                    label=f"B={breadth} halting ({'majority' if breadth > 1 else 'trajectory 1'})")
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE per puzzle (block applications, all B trajectories)")
+    ax.set_ylabel("exact accuracy (%)")
+    ax.set_title("accuracy vs compute" + (" (with and without halting)" if spec.halt else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    path = os.path.join(output_dir, "accuracy_vs_nfe.png")
+    _save_figure(fig, path)
+    plt.close(fig)
+    written.append(path)
+    return written
