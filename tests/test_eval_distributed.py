@@ -1,0 +1,73 @@
+"""Sharded evaluation (2 gloo processes) equals one process; a SIGKILLed sweep resumes to the same counts."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import evaluate
+from test_eval_grid import EQR, TRM, build_model, write_checkpoint, write_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRID = ["depths=[1,2,3]", "breadths=[1,2,4]", "convergence_top_k=2", "halt=true", "progress=false", "plots=false"]
+
+
+def launch(nproc: int, *args, env_extra=None) -> subprocess.CompletedProcess:
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc-per-node", str(nproc)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([*launcher, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def counts(output_dir: str) -> dict:
+    with open(os.path.join(output_dir, "results.json")) as f:
+        results = json.load(f)
+    return {"counts": results["counts"], "rows": [(r["depth"], r["breadth"], r["rule"], r["correct"], r["total"])
+                                                  for r in results["rows"]], "puzzles": results["data"]["puzzles"],
+            "world_size": results["world_size"]}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-dist")
+    made = {}
+    for name, arch in {"eqr": EQR, "trm": TRM}.items():
+        head = build_model(arch, q_weight_std=0.5)
+        data = write_data(str(root / f"data-{name}"), head, n=7)  # 7 puzzles: the last batch is padded
+        made[name] = write_checkpoint(str(root / f"{name}.pt"), head, data)
+    return made
+
+
+@pytest.mark.parametrize("name", ["eqr", "trm"])
+def test_two_processes_equal_one_process_with_one_ranks_batch(checkpoints, tmp_path, name):
+    two = launch(2, f"checkpoint={checkpoints[name]}", f"output_dir={tmp_path / 'two'}", "global_batch_size=4", *GRID)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert evaluate.main([f"checkpoint={checkpoints[name]}", f"output_dir={tmp_path / 'one'}", "global_batch_size=2",
+                          *GRID]) == 0
+    sharded, single = counts(tmp_path / "two"), counts(tmp_path / "one")
+    assert sharded["world_size"] == 2 and single["world_size"] == 1
+    assert sharded["puzzles"] == single["puzzles"] == 7
+    assert sharded["counts"] == single["counts"] and sharded["rows"] == single["rows"]
+    assert not os.path.exists(tmp_path / "two" / "partial")  # finished: no partial counts left behind
+
+
+def test_killed_sweep_resumes_to_the_same_counts(checkpoints, tmp_path):
+    base = [f"checkpoint={checkpoints['eqr']}", "global_batch_size=1", "save_every_batches=2", *GRID]
+    killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={evaluate.KILL_AFTER_ENV: "5"})
+    assert killed.returncode == -9  # SIGKILL after 5 of 7 batches; partial counts cover the first 4
+    assert os.listdir(tmp_path / "cut" / "partial") == ["rank0-of-1.pt"]
+    assert not os.path.exists(tmp_path / "cut" / "results.json")
+
+    refused = launch(1, *base, f"output_dir={tmp_path / 'cut'}", "seed=5", "resume=true")
+    assert refused.returncode == 2 and "seed=" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    fresh = launch(1, *base, f"output_dir={tmp_path / 'cut'}")
+    assert fresh.returncode == 2 and "resume=true" in fresh.stderr
+
+    resumed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at batch 4/7" in resumed.stderr
+    assert evaluate.main([*base, f"output_dir={tmp_path / 'whole'}"]) == 0
+    assert counts(tmp_path / "cut") == counts(tmp_path / "whole")
+    assert not os.path.exists(tmp_path / "cut" / "partial")
