@@ -8,7 +8,7 @@ elements. 23 random bits give a uniform strictly inside (-1, 1), and the inverse
 it into a normal; the truncated normal of the initial state uses the same transform as
 models.layers.trunc_normal_.
 
-Cost: about 20 elementwise passes over each noise tensor (see docs/evaluation.md for measurements);
+Cost: about 15 elementwise passes over each noise tensor (see docs/evaluation.md for measurements);
 `rng=torch` in evaluate.py uses torch's generator instead.
 """
 import math
@@ -26,21 +26,22 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def mix64(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser, a bijection on 64-bit words."""
-    z = (z ^ _shift_right(z, 30)) * MUL1
-    z = (z ^ _shift_right(z, 27)) * MUL2
-    return z ^ _shift_right(z, 31)
+    """splitmix64's finaliser, a bijection on 64-bit words. Mixes `z` in place (fewer passes over memory)."""
+    for bits, multiplier in ((30, MUL1), (27, MUL2)):
+        z ^= _shift_right(z, bits)
+        z *= multiplier
+    z ^= _shift_right(z, 31)
+    return z
 
 
 def absorb(key: torch.Tensor, value) -> torch.Tensor:
     """Fold an integer (tensor or Python int) into a 64-bit key."""
-    return mix64(key ^ mix64(torch.as_tensor(value, dtype=torch.int64, device=key.device) + GAMMA))
+    return mix64(key ^ mix64(torch.as_tensor(value, dtype=torch.int64, device=key.device) + GAMMA))  # fresh tensors
 
 
 def uniform_open(bits: torch.Tensor) -> torch.Tensor:
     """Top 23 bits of each word -> float32 uniform on the open interval (-1, 1), every value exact."""
-    k = _shift_right(bits, 41).float()
-    return (2 * k + 1) * 2.0**-23 - 1
+    return _shift_right(bits, 41).float().mul_(2.0**-22).add_(2.0**-23 - 1)  # (2k + 1) / 2^23 - 1
 
 
 class KeyedSampler:
@@ -74,7 +75,7 @@ class KeyedSampler:
         if like.shape[0] != self.keys.shape[0]:
             raise ValueError(f"noise for {like.shape[0]} rows, but the sampler holds keys for {self.keys.shape[0]}")
         u = uniform_open(self._bits(None, like[0].numel()))
-        return (math.sqrt(2) * torch.erfinv(u)).to(like.dtype).view_as(like)
+        return u.erfinv_().mul_(math.sqrt(2)).to(like.dtype).view_as(like)
 
     def initial_state(self, rows: torch.Tensor, shape: tuple, dtype: torch.dtype, device, std: float,
                       bound: float = 2.0) -> torch.Tensor:
@@ -86,6 +87,6 @@ class KeyedSampler:
         lo, hi = math.erf(-bound / math.sqrt(2)), math.erf(bound / math.sqrt(2))
         pdf = math.exp(-0.5 * bound**2) / math.sqrt(2 * math.pi)
         scale = std / math.sqrt(1.0 - 2 * bound * pdf / ((hi - lo) / 2))
-        x = torch.erfinv(lo + (hi - lo) * (u + 1) / 2) * (math.sqrt(2) * scale)
-        x = x.clamp(-bound * scale, bound * scale)
+        x = u.add_(1).mul_((hi - lo) / 2).add_(lo).erfinv_().mul_(math.sqrt(2) * scale)
+        x = x.clamp_(-bound * scale, bound * scale)
         return x.to(dtype).view(len(rows), *shape).to(device)

@@ -201,7 +201,8 @@ def write_plots(output_dir: str, spec: GridSpec, rows: list[dict]) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for breadth in spec.breadths:
-        points = [find(rows, d, breadth, headline_rule(spec, d, breadth)) for d in spec.depths]
+        points = [find(rows, d, breadth, headline_rule(spec, d, breadth)) for d in spec.depths
+                  if breadth == 1 or spec.reported(d, breadth, "conv_top1")]  # one rule per line
         ax.plot([p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points], "o-", label=f"B={breadth}")
         if spec.halt:
             rule = "majority+halt" if breadth > 1 else "traj1+halt"
