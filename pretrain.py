@@ -331,7 +331,7 @@ def _wandb_id(run_name: str) -> str:
 
 # ----------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size: int) -> dict:
     """Exact and token accuracy on the first eval_max_examples test examples, after halt_max_steps ACT
     steps (in eval mode rows halt only there). Uses its own RNG stream so training is not disturbed."""

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from models.layers import Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, rms_norm, trunc_normal_
+from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
+                           trunc_normal_)
 
 # Keys that the reference's arch config carries but that do not shape the model here.
 REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continue", "disable_act_halt",
@@ -218,16 +219,17 @@ class ReasoningCore(nn.Module):
     def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, inputs: torch.Tensor, sampler=None):
         """-> (z_H, z_L) detached, logits [batch, seq, vocab] in forward dtype, q [batch] float32."""
         sampler = sampler or TorchSampler()
-        x = self.embed_scale * self.embed_tokens(inputs)
-        if self.config.feedforward:
-            z_H = self.L_level(z_H, x, self.rotary, sampler)
-        else:
-            with torch.no_grad():
-                for _ in range(self.config.H_cycles - 1):
-                    z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-            z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-        logits = self.lm_head(z_H)
-        q = self.q_head(z_H[:, 0]).float()[:, 0]
+        with reuse_weight_casts():
+            x = self.embed_scale * self.embed_tokens(inputs)
+            if self.config.feedforward:
+                z_H = self.L_level(z_H, x, self.rotary, sampler)
+            else:
+                with torch.no_grad():
+                    for _ in range(self.config.H_cycles - 1):
+                        z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+                z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+            logits = self.lm_head(z_H)
+            q = self.q_head(z_H[:, 0]).float()[:, 0]
         return z_H.detach(), z_L.detach(), logits, q
 
 

@@ -5,6 +5,8 @@ float32 masters; each forward casts them to the dtype of its input, so the model
 runs in whatever dtype the latents are kept in (bfloat16 by default).
 """
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,37 @@ def find_multiple(value: int, divisor: int) -> int:
     return -(value // -divisor) * divisor
 
 
+_weight_casts: ContextVar[dict | None] = ContextVar("weight_casts", default=None)
+
+
+@contextmanager
+def reuse_weight_casts():
+    """Inside this block, a weight used without grad is cast to the forward dtype once, not at every call.
+
+    Meant to span one forward (a supervision step runs the same blocks up to 42 times): the
+    cache holds copies, so it must never outlive a change of the weights (an optimizer step).
+    Calls with grad still cast every time, so each use keeps its own cast in the graph and the
+    weight gradient is summed in float32 exactly as without the cache.
+    """
+    token = _weight_casts.set({})
+    try:
+        yield
+    finally:
+        _weight_casts.reset(token)
+
+
+def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if weight.dtype == dtype:
+        return weight
+    cache = _weight_casts.get()
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return weight.to(dtype)
+    key = (id(weight), dtype)
+    if key not in cache:
+        cache[key] = weight.to(dtype)
+    return cache[key]
+
+
 class CastedLinear(nn.Module):
     """Linear layer with float32 master weights, truncated-normal init with std 1/sqrt(fan_in)."""
 
@@ -56,8 +89,8 @@ class CastedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        bias = None if self.bias is None else cast_weight(self.bias, x.dtype)
+        return F.linear(x, cast_weight(self.weight, x.dtype), bias)
 
 
 class CastedEmbedding(nn.Module):
