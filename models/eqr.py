@@ -49,6 +49,7 @@ class ModelConfig:
     forward_dtype: str = "bfloat16"
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
+    act_halting: bool = True  # False: rows halt only at halt_max_steps, in training too (no ACT)
     lambda_: float = 0.95
     noise_scale: float = 0.01
     random_init: bool = True  # False: TRM's fixed initial latents
@@ -282,7 +283,7 @@ class RecurrentReasoner(nn.Module):
         with torch.no_grad():
             max_steps = self.config.halt_max_steps
             halted = steps >= max_steps
-            if self.training and max_steps > 1:
+            if self.training and max_steps > 1 and self.config.act_halting:
                 # Halt on q > 0, but with probability halt_exploration_prob only after a random minimum.
                 explore = torch.rand_like(q) < self.config.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)

@@ -204,3 +204,15 @@ def test_from_dict_ignores_reference_keys_and_rejects_unknown_ones():
         ModelConfig.from_dict({"hiden_size": 32}, seq_len=16, vocab_size=6)
     with pytest.raises(ConfigError, match="arch.seq_len"):
         ModelConfig.from_dict({"hidden_size": 32})
+
+
+def test_without_act_halting_rows_run_to_the_step_limit_in_training():
+    model = RecurrentReasoner(ModelConfig(**TINY, halt_max_steps=3, act_halting=False))
+    with torch.no_grad():
+        model.inner.q_head.bias.fill_(5.0)  # q > 0 would halt every row at once with ACT
+    model.train()
+    batch = batch_for(TINY, n=4)
+    carry = model.initial_carry(batch)
+    for step in range(1, 4):
+        carry, _ = model(carry, batch)
+        assert carry.halted.all() == (step == 3) and not (carry.halted.any() and step < 3)
