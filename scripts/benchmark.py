@@ -40,7 +40,7 @@ PRESETS = ["eqr_sudoku", "eqr_maze_unique", "eqr_sudoku_cpu", "trm_sudoku_cpu", 
 DATA_SHAPES = {"data/sudoku-extreme-1k-aug-1000": (81, 11), "data/maze-30x30-unique-1k": (900, 6),
                "data/sudoku-cpu": (81, 11), "data/maze-cpu-11": (121, 6)}
 # (train batch, eval batch) per mode for the full-size presets on CPU; the *_cpu presets use their own.
-CPU_BATCH = {"quick": (2, 4), "full": (16, 64)}
+CPU_BATCH = {"quick": (2, 4), "full": (8, 16)}
 TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # issue 7; the MFU ones are for eqr_sudoku on CPU
 
 
@@ -346,15 +346,15 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--train-batch", type=int, default=None, help="training batch for every preset")
     parser.add_argument("--eval-batch", type=int, default=None, help="evaluation batch for every preset")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1 quick, 2 full)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 2 quick, 5 full)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 2 quick, 3 full)")
     parser.add_argument("--dtype", default=None, help="override every preset's forward_dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ReasoningCore (changes rounding)")
     parser.add_argument("--startup-presets", nargs="*", default=["eqr_sudoku", "eqr_sudoku_cpu"],
                         help="presets whose pretrain.py start-up is timed (none: skip)")
     args = parser.parse_args(argv)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else 1
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
     return args
 
 
