@@ -384,6 +384,10 @@ def run(args) -> int:
     n = 8192 if device.type == "cuda" else 2048
     seconds = 1.0 if args.quick else 4.0
     load_before = os.getloadavg()
+    if device.type == "cpu" and load_before[0] + torch.get_num_threads() > (os.cpu_count() or 1) + 0.5:
+        # Each parallel op waits for its slowest thread; a thread sharing a core with another job stalls them all.
+        print(f"warning: load average {load_before[0]:.2f} with {torch.get_num_threads()} threads on {os.cpu_count()} cores: "
+              "other jobs will distort the figures (use --threads 1, or wait for a quiet machine)", file=sys.stderr)
     peak = {name: matmul_peak(getattr(torch, name), n, seconds, device) for name in ("float32", "bfloat16")}
     results = {"machine": machine_info(device), "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "peak_tflops": {k: v / 1e12 for k, v in peak.items()}, "presets": {}, "startup_s": {}}
