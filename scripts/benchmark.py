@@ -15,6 +15,8 @@ Peak memory is the resident set size on CPU (VmHWM, reset before each measuremen
 torch.cuda.max_memory_allocated on GPU.
 """
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -90,10 +92,15 @@ class PeakMemory:
             return False
 
     def reset(self) -> None:
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._reset_rss()
+            return
+        try:  # hand freed heap back to the OS, so that an earlier preset's memory does not count here
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self._reset_rss()
 
     def current(self) -> float | None:
         """Resident memory now (CPU), or memory allocated now (CUDA), in MiB."""
