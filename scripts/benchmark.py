@@ -350,7 +350,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small batches and few repeats (a smoke run)")
     parser.add_argument("--out", default="benchmark_results.json", help="JSON file, written atomically")
     parser.add_argument("--presets", nargs="+", default=PRESETS, help="names from config/train")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: 1 with --quick on CPU, else torch's choice)")
     parser.add_argument("--train-batch", type=int, default=None, help="training batch for every preset")
     parser.add_argument("--eval-batch", type=int, default=None, help="evaluation batch for every preset")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
@@ -362,6 +363,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else 1
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
+    if args.threads is None and args.quick and args.device == "cpu":
+        args.threads = 1  # a smoke run must stay fast on a shared machine, where a second thread can stall every op
     return args
 
 
