@@ -410,11 +410,10 @@ def run(args) -> int:
         config, cfg = load_preset(name, args.dtype)
         train_batch, eval_batch = batch_sizes(name, cfg, args, device)
         flops = step_flops(config)
-        row = {"forward_dtype": config.forward_dtype, "params": None,
+        row = {"forward_dtype": config.forward_dtype, "params": sum(p.numel() for p in RecurrentReasoner(config).parameters()),
                "flops_per_row_forward": flops["forward"], "flops_per_row_train": flops["train"]}
         row.update(bench_train(config, cfg, train_batch, args, device, memory))
         row.update(bench_eval(config, eval_batch, args, device, memory))
-        row["params"] = sum(p.numel() for p in RecurrentReasoner(config).parameters())
         dtype_peak = peak["float32" if config.forward_dtype == "float32" else "bfloat16"]
         row["train_tflops"] = flops["train"] * train_batch / row["train_step_s"] / 1e12
         row["eval_tflops"] = flops["forward"] * eval_batch / row["eval_step_s"] / 1e12
