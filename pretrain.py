@@ -18,7 +18,6 @@ with one process the continuation is bit-exact.
 """
 import copy
 import json
-import math
 import os
 import random
 import sys
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from dataset.common import DatasetError, load_metadata
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
-from models.checkpoint import CheckpointError, atomic_save, safe_load
+from models.checkpoint import CheckpointError, atomic_save, atomic_write, safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner
 from models.losses import LOSSES, ACTLossHead, summarize_metrics
@@ -195,15 +194,6 @@ def to_device(tree, device):
     return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def shard_name(step: int, rank: int) -> str:
     return f"step_{step}.pt" if rank == 0 else f"step_{step}.rank{rank}.pt"
 
@@ -224,7 +214,7 @@ def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, dev
     if world_size > 1:
         dist.barrier()
     if rank == 0:
-        atomic_write_text(os.path.join(run_dir, "latest"), shard_name(step, 0) + "\n")
+        atomic_write(os.path.join(run_dir, "latest"), shard_name(step, 0) + "\n")
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -271,7 +261,7 @@ def truncate_metrics(path: str, step: int) -> None:
         return
     with open(path) as f:
         lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(lines))
+    atomic_write(path, "".join(lines))
 
 
 # ----------------------------------------------------------------------------- logging
@@ -435,7 +425,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
     logger, bar = None, None
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
+        atomic_write(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
         if resume_from is not None:
             truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), step)
         logger = Logger(run_dir, cfg, run_name)

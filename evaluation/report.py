@@ -7,10 +7,10 @@ import io
 import json
 import math
 import os
-import tempfile
 
 from evaluation import selection
 from evaluation.grid import FIELDS, GridSpec
+from models.checkpoint import atomic_write
 
 RULE_TEXT = {
     "traj1": "trajectory 1 (B=1 answer)",
@@ -83,22 +83,6 @@ def find(rows: list[dict], depth: int, breadth: int, rule: str) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- files
-
-def atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 
 def _clean(value):
     """NaN -> None, so results.json is strict JSON."""

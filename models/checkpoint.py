@@ -22,6 +22,7 @@ through the Hugging Face cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honou
 """
 import codecs
 import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -40,14 +41,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file in the same folder, then rename: the file is whole or absent."""
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write `data` to a temp file in the same folder, then rename: the file is whole or absent."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +56,13 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save through atomic_write."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def _first_line(e: BaseException) -> str:

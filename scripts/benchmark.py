@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from models.checkpoint import atomic_write  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.eqr import ModelConfig, RecurrentReasoner  # noqa: E402
 from models.layers import find_multiple, trunc_normal_  # noqa: E402
@@ -312,20 +313,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def atomic_write_json(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".benchmark-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def print_table(results: dict) -> None:
     peak = results["peak_tflops"]
     print(f"matmul peak: float32 {peak['float32']:.3f} TFLOP/s, bfloat16 {peak['bfloat16']:.3f} TFLOP/s")
@@ -439,7 +426,7 @@ def run(args) -> int:
     results["load_average"] = {"before": load_before[0], "after": os.getloadavg()[0]}
     results["targets"] = {k: {"value": v, "target": t, "met": v >= t if higher else v <= t}
                           for k, (v, t, higher) in targets.items()}
-    atomic_write_json(args.out, results)
+    atomic_write(args.out, json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"wrote {args.out}")
     return 0
