@@ -440,6 +440,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
 
     head.train()
     sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=device)
+    grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)  # identical on every rank after DDP
     logged_steps, start_time = 0, time.time()
     while step < total_steps:
         step += 1
@@ -453,6 +454,8 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
         carry, loss, metrics, _ = train_head(carry, batch)
         # DDP averages gradients over ranks, so the world_size factor makes them those of sum / global batch.
         (loss * (world_size / tc.global_batch_size)).backward()
+        grads = [p.grad for p in head.parameters() if p.grad is not None]
+        grad_norm_sum += torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).double()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -468,9 +471,11 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
             summary = summarize_metrics(dict(zip(METRIC_KEYS, sums.tolist())), tc.global_batch_size * logged_steps)
             if rank == 0:
                 logger.log({"step": step, "lr": lr, **{f"train/{k}": v for k, v in summary.items()},
+                            "train/grad_norm": grad_norm_sum.item() / logged_steps,
                             "time_s": round(time.time() - start_time, 3)})
                 bar.set_postfix(loss=f"{summary['lm_loss']:.4f}", exact=f"{summary['exact_accuracy']:.3f}")
             sums.zero_()
+            grad_norm_sum.zero_()
             logged_steps = 0
         if eval_head is not None and (step % tc.eval_interval_steps == 0 or step == total_steps):
             eval_head.load_state_dict(head.state_dict())
