@@ -93,13 +93,17 @@ RUNS = [
     Run("sudoku-tied-sup", "sudoku", "trm_sudoku_cpu", [D, "+arch.act_halting=false"],
         "+ supervision over 16 steps, no halting"),
     Run("sudoku-trm", "sudoku", "trm_sudoku_cpu", [D], "+ halting (TRM)"),
-    Run("sudoku-eqr", "sudoku", "eqr_sudoku_cpu", [D], "EqR"),
+    Run("sudoku-trm-ri", "sudoku", "trm_sudoku_cpu", [D, "arch.random_init=true", "arch.lambda_=1.0",
+                                                      "arch.noise_scale=0.0"], "TRM + random init (RI)"),
+    Run("sudoku-eqr", "sudoku", "eqr_sudoku_cpu", [D], "EqR (TRM + RI + path noise NI)"),
     Run("maze-trm", "maze", "trm_maze_cpu", [D], "TRM"),
     Run("maze-trm-ri", "maze", "trm_maze_cpu", [D, "arch.random_init=true", "arch.lambda_=1.0", "arch.noise_scale=0.0"],
         "TRM + random init (RI)"),
     Run("maze-eqr", "maze", "eqr_maze_cpu", [D], "TRM + RI + path noise (NI) = EqR"),
 ]
 RUNS_BY_NAME = {r.name: r for r in RUNS}
+CONSTRUCTION = ["sudoku-ff", "sudoku-tied", "sudoku-tied-sup", "sudoku-trm", "sudoku-eqr"]
+RI_NI = {task: [f"{task}-trm", f"{task}-trm-ri", f"{task}-eqr"] for task in ("sudoku", "maze")}
 
 SWEEPS = [Sweep("sudoku-ff-d1", "sudoku-ff", [1], [1], 64)]
 SWEEPS += [Sweep(f"{r.name}-b1", r.name, DEPTHS, [1], 64, extra=["halt=true"]) for r in RUNS if r.name != "sudoku-ff"]
@@ -229,6 +233,7 @@ REPORT_DOC = "docs/cpu_reproduction.md"
 REPORT_DIR = "docs/cpu_reproduction"
 SHIPPED = {"sudoku-eqr": "checkpoints/shipped/eqr_sudoku_cpu.pt", "maze-eqr": "checkpoints/shipped/eqr_maze_cpu.pt"}
 SLIM_KEYS = ("format", "step", "config", "model", "ema")
+SHIP_FLOOR = 0.25  # exact accuracy at D16 B1 a run must reach to be shipped (tests/test_shipped_checkpoints.py uses it too)
 
 
 def pct(x) -> str:
@@ -275,6 +280,8 @@ def collect() -> dict:
             "train_halt_max_steps": arch["halt_max_steps"], "act_halting": arch.get("act_halting", True),
             "random_init": arch["random_init"], "lambda": arch["lambda_"], "noise_scale": arch["noise_scale"],
             "train_time_s": metrics[-1].get("time_s") if "time_s" in metrics[-1] else None,
+            # rows that halted (took a new puzzle) over the whole run: training examples actually presented
+            "examples_presented": int(sum(m.get("train/count", 0) for m in metrics)),
             "eval_curve": [{"step": m["step"], "exact": m["eval/exact_accuracy"], "token": m["eval/accuracy"]}
                            for m in evals],
             **stage_info(key)}
@@ -305,11 +312,15 @@ def acc(res, sweep, depth, breadth=1, rule="traj1"):
 
 
 def verdict(ok) -> str:
+    if ok == "untestable":
+        return "**not testable here** (neither model solves any puzzle)"
     return "n/a (stage missing)" if ok is None else ("**reproduces**" if ok else "**does not reproduce**")
 
 
 def gt(a, b):
-    return None if a is None or b is None else a > b
+    if a is None or b is None:
+        return None
+    return "untestable" if a == b == 0 else a > b
 
 
 # ----------------------------------------------------------------------------- plots
@@ -332,9 +343,11 @@ def plot_all(res: dict) -> list:
 
     tasks = [("sudoku", "Sudoku (min 40 givens)"), ("maze", "Maze 11x11")]
     # 1+2: construction path and RI/NI ablation, exact accuracy at D = 1, 16, 64
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, (task, title) in zip(axes, tasks):
-        runs = [r for r in RUNS if r.task == task and r.name in res["runs"]]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4))
+    panels = [(CONSTRUCTION, "Sudoku: construction path (FF: D=1 only)"),
+              (RI_NI["sudoku"], "Sudoku: RI and NI"), (RI_NI["maze"], "Maze 11x11: RI and NI")]
+    for ax, (names, title) in zip(axes, panels):
+        runs = [RUNS_BY_NAME[n] for n in names if n in res["runs"]]
         for i, depth in enumerate((1, 16, 64)):
             vals = []
             for r in runs:
@@ -345,7 +358,7 @@ def plot_all(res: dict) -> list:
             ax.bar(xs, vals, width=0.27, label=f"D={depth}")
         ax.set_xticks(range(len(runs)), [r.name.split("-", 1)[1] for r in runs], rotation=20)
         ax.set_ylabel("exact accuracy (%)")
-        ax.set_title(title + " (FF: D=1 only)" if task == "sudoku" else title)
+        ax.set_title(title)
         ax.legend()
     save(fig, "ablations.png")
 
@@ -432,7 +445,10 @@ def export_shipped(res: dict) -> dict:
 
     shipped = {}
     for run_name, dest in SHIPPED.items():
-        if run_name not in res["runs"]:
+        score = acc(res, f"{run_name}-b1", TRAIN_DEPTH)
+        if score is None or score < SHIP_FLOOR:
+            if os.path.exists(dest):
+                os.remove(dest)
             continue
         run = RUNS_BY_NAME[run_name]
         full = torch.load(final_checkpoint(run), map_location="cpu", weights_only=True)
@@ -458,7 +474,12 @@ def md_table(header: list, rows: list) -> str:
 
 def write_markdown(res: dict, plots: list, shipped: dict) -> str:
     runs, sweeps = res["runs"], res["sweeps"]
-    L = []
+    L, S = [], []  # S: the claims, repeated in the summary at the top
+
+    def claim(text):
+        L.append(text)
+        S.append(text.strip())
+
     total = sum(v["wall_s"] for v in list(runs.values()) + list(sweeps.values()) + list(res["datasets"].values()))
     L.append("# CPU reproduction study\n")
     L.append("Small EqR, TRM and feed-forward models trained and evaluated on a 2-core CPU, to see the paper's "
@@ -479,6 +500,7 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
              "time, B = trajectories per puzzle, NFE = block applications per puzzle. `traj1` = one trajectory; "
              "`conv_top1` = the paper's B > 1 answer (the most converged trajectory).\n")
 
+    intro_end = len(L)
     L.append("## Data\n")
     for task, ds in res["datasets"].items():
         L.append(f"- {task}: `{ds['command']}` ({fmt_wall(ds['wall_s'])}).")
@@ -494,9 +516,13 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
         rows.append([f"`{name}`", r["label"], f"{r['params']:,}", r["blocks_per_step"], r["train_halt_max_steps"],
                      "yes" if r["act_halting"] and r["train_halt_max_steps"] > 1 else "no",
                      "yes" if r["random_init"] else "no", r["lambda"], r["noise_scale"],
-                     pct(last.get("exact")), fmt_wall(r["wall_s"])])
+                     f"{r['examples_presented']:,}", pct(last.get("exact")), fmt_wall(r["wall_s"])])
     L.append(md_table(["run", "what", "params", "blocks/step", "train D", "ACT", "RI", "λ", "σ",
-                       "exact at end (train eval, D=train D, 256)", "wall"], rows))
+                       "examples presented", "exact at end (train eval, D=train D, 256)", "wall"], rows))
+    L.append("\nEqual optimizer steps are not equal data: a batch row keeps its puzzle until it halts, so a run "
+             "trained at D=16 without halting finishes one example per 16 steps per row, and the one-step runs "
+             "(`sudoku-ff`, `sudoku-tied`) one per step (the *examples presented* column). Every run costs the same "
+             "per optimizer step (12 block applications per row, 8 on mazes).")
     L.append("\n![training curves](cpu_reproduction/training.png)\n")
 
     L.append("## 1. Construction path (Sudoku)\n")
@@ -504,35 +530,41 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
              "(equal 12 block applications per answer), then supervision over 16 steps, then halting (TRM), "
              "then EqR. B = 1. FF has no depth axis.\n")
     rows = []
-    for r in RUNS:
-        if r.task != "sudoku" or r.name not in runs:
+    for r in map(RUNS_BY_NAME.get, CONSTRUCTION):
+        if r.name not in runs:
             continue
         sweep = "sudoku-ff-d1" if r.name == "sudoku-ff" else f"{r.name}-b1"
         rows.append([f"`{r.name}`", r.label] + [pct(acc(res, sweep, d)) for d in (1, 16, 64)])
     L.append(md_table(["run", "what", "D=1 (12 NFE)", "D=16 (192 NFE)", "D=64 (768 NFE)"], rows))
     ff, tied = acc(res, "sudoku-ff-d1", 1), acc(res, "sudoku-tied-b1", 1)
     sup, trm, eqr = (acc(res, f"sudoku-{n}-b1", 16) for n in ("tied-sup", "trm", "eqr"))
+    tied16 = acc(res, "sudoku-tied-b1", 16)
     L.append("")
-    L.append(f"- untied FF < weight-tied at equal 12 NFE ({pct(ff)} vs {pct(tied)}): {verdict(gt(tied, ff))}.")
-    L.append(f"- weight-tied 1 step (D=1) < + supervision over steps (D=16) ({pct(tied)} vs {pct(sup)}): "
-             f"{verdict(gt(sup, tied))}.")
-    L.append(f"- + supervision < + halting (TRM) at D=16 ({pct(sup)} vs {pct(trm)}): {verdict(gt(trm, sup))}.")
-    L.append(f"- TRM < EqR at D=16 ({pct(trm)} vs {pct(eqr)}): {verdict(gt(eqr, trm))}.")
+    claim(f"- untied FF < weight-tied at equal 12 NFE ({pct(ff)} vs {pct(tied)}): {verdict(gt(tied, ff))}.")
+    claim(f"- weight-tied 1 step (D=1) < + supervision over steps (D=16) ({pct(tied)} vs {pct(sup)}): "
+          f"{verdict(gt(sup, tied))}; at equal test compute (both run 16 steps = 192 NFE) "
+          f"({pct(tied16)} vs {pct(sup)}): {verdict(gt(sup, tied16))}.")
+    claim(f"- + supervision < + halting (TRM) at D=16 ({pct(sup)} vs {pct(trm)}): {verdict(gt(trm, sup))}.")
+    claim(f"- TRM < EqR at D=16 ({pct(trm)} vs {pct(eqr)}): {verdict(gt(eqr, trm))}.")
     L.append("\n![ablations](cpu_reproduction/ablations.png)\n")
 
-    L.append("## 2. Randomized initial state (RI) and path noise (NI), mazes\n")
+    L.append("## 2. Randomized initial state (RI) and path noise (NI)\n")
+    L.append("TRM, then TRM + RI (`random_init=true`, λ = 1, σ = 0), then + NI (λ = 0.95, σ = 0.01: EqR); B = 1. "
+             "The issue asks for this on mazes; it is also run on Sudoku because the maze models of this budget "
+             "may not learn (see the table).\n")
     rows = []
-    for r in RUNS:
-        if r.task == "maze" and r.name in runs:
-            rows.append([f"`{r.name}`", r.label] + [pct(acc(res, f"{r.name}-b1", d)) for d in (1, 4, 16, 64)])
+    for task, names in RI_NI.items():
+        for r in map(RUNS_BY_NAME.get, names):
+            if r.name in runs:
+                rows.append([f"`{r.name}`", r.label] + [pct(acc(res, f"{r.name}-b1", d)) for d in (1, 4, 16, 64)])
     L.append(md_table(["run", "what", "D=1", "D=4", "D=16", "D=64"], rows))
-    t, ri, e = (acc(res, f"maze-{n}-b1", 16) for n in ("trm", "trm-ri", "eqr"))
-    t64, ri64, e64 = (acc(res, f"maze-{n}-b1", 64) for n in ("trm", "trm-ri", "eqr"))
     L.append("")
-    L.append(f"- TRM < TRM + RI at D=16 ({pct(t)} vs {pct(ri)}): {verdict(gt(ri, t))}; "
-             f"at D=64 ({pct(t64)} vs {pct(ri64)}): {verdict(gt(ri64, t64))}.")
-    L.append(f"- TRM + RI < EqR (+ NI) at D=16 ({pct(ri)} vs {pct(e)}): {verdict(gt(e, ri))}; "
-             f"at D=64 ({pct(ri64)} vs {pct(e64)}): {verdict(gt(e64, ri64))}.\n")
+    for task in RI_NI:
+        for depth in (16, 64):
+            t, ri, e = (acc(res, f"{task}-{n}-b1", depth) for n in ("trm", "trm-ri", "eqr"))
+            claim(f"- {task}, D={depth}: TRM < TRM + RI ({pct(t)} vs {pct(ri)}): {verdict(gt(ri, t))}; "
+                     f"TRM + RI < EqR ({pct(ri)} vs {pct(e)}): {verdict(gt(e, ri))}.")
+    L.append("")
 
     L.append("## 3. Depth extrapolation (trained at D=16)\n")
     rows = []
@@ -544,11 +576,14 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
     L.append("\nTRM and its variants start from a fixed state and add no noise: their trajectories are "
              "deterministic, so B > 1 would repeat one trajectory B times and they are evaluated at B = 1 only. "
              "`sudoku-tied` was trained at D=1.\n")
+    a1, a64 = acc(res, "sudoku-tied-b1", 1), acc(res, "sudoku-tied-b1", 64)
+    if a1 is not None:
+        claim(f"- `sudoku-tied` (trained at D=1): D=64 vs D=1: {pct(a64)} vs {pct(a1)}.")
     for name in ("sudoku-eqr", "maze-eqr", "sudoku-trm", "maze-trm"):
         a16, a64 = acc(res, f"{name}-b1", 16), acc(res, f"{name}-b1", 64)
         if a16 is not None:
-            L.append(f"- `{name}`: D=64 vs trained D=16: {pct(a64)} vs {pct(a16)} "
-                     f"({'gains' if a64 > a16 else 'no gain' if a64 == a16 else 'loses'} beyond the trained depth).")
+            claim(f"- `{name}`: D=64 vs trained D=16: {pct(a64)} vs {pct(a16)} "
+                     f"({100 * (a64 - a16):+.1f} points beyond the trained depth).")
     L.append("\n![depth](cpu_reproduction/depth.png)\n")
 
     L.append("## 4. Breadth (EqR, top-1 by convergence)\n")
@@ -568,8 +603,9 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
                     ["–" if g is None else f"{100 * g:+.1f}" for g in gains])
         L.append(md_table(["", *[f"D={d}" for d in DEPTHS]], rows))
         helped = [d for d, g in zip(DEPTHS, gains) if g is not None and g > 0]
-        L.append(f"\nDepths where B={max(BREADTHS)} beats B=1: {helped or 'none'}"
-                 f"{'' if not helped else f' (first at D={helped[0]})'}.\n")
+        L.append("")
+        claim(f"- {task}: depths where B={max(BREADTHS)} (top-1 by convergence) beats B=1: {helped or 'none'}"
+              f"{'' if not helped else f' (first at D={helped[0]})'}.\n")
     L.append("![breadth and selection](cpu_reproduction/breadth_selection.png)\n")
 
     L.append("## 5. Top-1 by convergence vs majority vote vs pass@B\n")
@@ -585,8 +621,10 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
         L.append(md_table(["B", "rule", *[f"D={d}" for d in DEPTHS]], rows))
         b = max(BREADTHS)
         wins = sum(1 for d in DEPTHS if (acc(res, sweep, d, b, "conv_top1") or 0) >= (acc(res, sweep, d, b, "majority") or 0))
-        L.append(f"\nAt B={b}, top-1 by convergence >= majority vote at {wins} of {len(DEPTHS)} depths; "
-                 f"pass@{b} is the ceiling any selection rule can reach.\n")
+        L.append("")
+        claim(f"- {task}: at B={b}, top-1 by convergence >= majority vote at {wins} of {len(DEPTHS)} depths "
+              f"(pass@{b}, the ceiling of any selection rule, at D=64: "
+              f"{pct(acc(res, sweep, 64, b, f'pass@{b}'))}).\n")
 
     L.append("## 6. Elastic halting (B = 1)\n")
     L.append("Each trajectory stops at its first step with q > 0 (capped at D) and answers there. NFE = block "
@@ -606,9 +644,23 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
                              "–" if s is None else f"{s:.2f}x"])
     L.append(md_table(["run", "D cap", "exact, no halting", "NFE", "exact, halting", "NFE", "saving at equal accuracy"],
                       rows))
+    L.append("")
+    for name in ("sudoku-trm", "sudoku-eqr", "maze-eqr"):
+        for d in (16, 64):
+            plain, halted = cell(res, f"{name}-b1", d, 1, "traj1"), cell(res, f"{name}-b1", d, 1, "traj1+halt")
+            if plain and halted:
+                saving = halted["nfe_saving_at_equal_accuracy"]
+                claim(f"- elastic halting, `{name}`, D cap {d}: {pct(halted['accuracy'])} with "
+                      f"{halted['nfe_per_puzzle']:.0f} NFE per puzzle against {pct(plain['accuracy'])} with "
+                      f"{plain['nfe_per_puzzle']:.0f} without halting; saving at equal accuracy "
+                      f"{'–' if saving is None else f'{saving:.2f}x'} "
+                      f"({'a saving' if saving and saving > 1 else 'no saving'}).")
     L.append("\n![halting](cpu_reproduction/halting.png)\n")
 
     L.append("## Commands, seeds and wall times\n")
+    summary = ["## Summary\n", "Each claim of the paper checked at this scale (exact accuracy in %, B=1 unless said; "
+               "details in the sections below):\n", *S, ""]
+    L[intro_end:intro_end] = summary
     L.append("Every number above comes from one of these commands (seed 0; `OMP_NUM_THREADS=1`; run from the "
              "repository root). Wall time is summed over sessions when a stage was resumed.\n")
     rows = [[f"`{k}`", f"`{v['command']}`", fmt_wall(v["wall_s"])] for k, v in
@@ -626,6 +678,11 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
             L.append(f"- `{s['path']}` ({s['bytes'] / 1e6:.2f} MB, step {s['step']}), from `{name}`.")
     else:
         L.append("None yet (the EqR runs have not finished).")
+    for run_name in SHIPPED:
+        if run_name not in shipped:
+            L.append(f"- `{run_name}` is not shipped: its exact accuracy at D={TRAIN_DEPTH} B=1 "
+                     f"({pct(acc(res, f'{run_name}-b1', TRAIN_DEPTH))}) is below the shipping floor "
+                     f"{pct(SHIP_FLOOR)} (or its evaluation has not finished).")
     L.append("")
     return "\n".join(L)
 
@@ -653,15 +710,21 @@ def write_checkpoints_readme(res: dict, shipped: dict) -> None:
             sw = res["sweeps"][b1]
             L.append(f"Exact accuracy on the first {sw['puzzles']} test puzzles, B=1 "
                      f"(`{sw['command']}`):\n")
-            L.append(md_table([f"D={d}" for d in DEPTHS], [[pct(acc(res, b1, d)) for d in DEPTHS]]))
+            L.append(md_table([f"D={d}" for d in DEPTHS], [[pct(acc(res, b1, d)) for d in DEPTHS]]) + "\n")
         if grid in res["sweeps"]:
             sw = res["sweeps"][grid]
             L.append(f"\nD=64 B=64 top-1 by convergence on {sw['puzzles']} puzzles: "
                      f"{pct(acc(res, grid, 64, 64, 'conv_top1'))} (`{sw['command']}`).\n")
         L.append("Evaluate it (build the data first with the command above; no network needed):\n")
         L.append(f"```bash\npython evaluate.py checkpoint={s['path']} data_path={ds['path']} "
-                 f"depths=[1,4,16,64] breadths=[1,4] halt=true global_batch_size=64 output_dir=eval_results/"
-                 f"{os.path.basename(s['path']).removesuffix('.pt')}\n```\n")
+                 f"depths=[1,4,16,64] breadths=[1,4] halt=true global_batch_size=64 max_eval_steps=1 "
+                 f"output_dir=eval_results/{os.path.basename(s['path']).removesuffix('.pt')}\n```\n")
+        L.append("(64 puzzles, D up to 64, B up to 4, with and without halting: about 30 s on one CPU core.)\n")
+    for run_name in SHIPPED:
+        if run_name not in shipped:
+            L.append(f"`{run_name}` is not shipped: at D={TRAIN_DEPTH} B=1 it solves "
+                     f"{pct(acc(res, f'{run_name}-b1', TRAIN_DEPTH))}% of the test mazes, below the shipping floor "
+                     f"({pct(SHIP_FLOOR)}%); see docs/cpu_reproduction.md.\n")
     L.append("`tests/test_shipped_checkpoints.py` builds a small fixed test slice offline, evaluates each shipped "
              "file through `evaluate.main` and checks it beats a floor that a freshly initialised model of the same "
              "config does not reach.\n")
