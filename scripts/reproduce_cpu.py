@@ -90,7 +90,7 @@ D = f"arch.halt_max_steps={TRAIN_DEPTH}"
 RUNS = [
     Run("sudoku-ff", "sudoku", "ff_sudoku_cpu", ["arch.L_layers=12"], "feed-forward, 12 untied blocks"),
     Run("sudoku-tied", "sudoku", "trm_sudoku_cpu", ["arch.halt_max_steps=1"], "weight-tied, 1 step (12 blocks)"),
-    Run("sudoku-tied-sup", "sudoku", "trm_sudoku_cpu", [D, "+arch.act_halting=false"],
+    Run("sudoku-tied-sup", "sudoku", "trm_sudoku_cpu", [D, "arch.act_halting=false"],
         "+ supervision over 16 steps, no halting"),
     Run("sudoku-trm", "sudoku", "trm_sudoku_cpu", [D], "+ halting (TRM)"),
     Run("sudoku-trm-ri", "sudoku", "trm_sudoku_cpu", [D, "arch.random_init=true", "arch.lambda_=1.0",
