@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
+from config import compose_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import report
@@ -27,7 +27,6 @@ from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import CheckpointError, load_for_eval
 from models.eqr import ConfigError, TorchSampler
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
 
 
@@ -81,21 +80,6 @@ class EvalConfig:
             raise ConfigError(f"different_init: {self.different_init} disagrees with max(breadths) = {max(self.breadths)}")
         if self.resume and not self.output_dir:
             raise ConfigError("resume: needs output_dir=<the folder of the sweep to continue>")
-
-
-def compose_config(overrides: list[str]) -> dict:
-    """Hydra composition of config/cfg_eval.yaml -> plain dict; Hydra's errors become one ConfigError line."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name="evaluate"):
-            cfg = compose(config_name="cfg_eval", overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        text = str(e).split("Config search path")[0]
-        raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
 
 
 def parse_config(cfg: dict) -> EvalConfig:
@@ -317,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in argv if a.startswith("-")]
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
-        cfg = parse_config(compose_config(argv))
+        cfg = parse_config(compose_config("cfg_eval", argv))
         rank, world_size, device = setup_processes(cfg.device)
         distributed = world_size > 1
         evaluate(cfg, rank, world_size, device)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from config import compose_config
 from dataset.common import DatasetError, load_metadata
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from models.checkpoint import CheckpointError, atomic_save, atomic_write, safe_load
@@ -39,7 +40,6 @@ from models.losses import LOSSES, ACTLossHead, summarize_metrics
 
 from models.optim import lr_at, make_optimizer
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 CHECKPOINT_FORMAT = "eqr/1"
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
@@ -97,19 +97,8 @@ class TrainConfig:
             raise ConfigError(f"arch.loss.loss_type: expected one of {', '.join(LOSSES)}")
 
 
-def compose_config(config_name: str, overrides: list[str]) -> dict:
-    """Hydra composition -> plain dict; Hydra's multi-line errors become one ConfigError line."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name="pretrain"):
-            cfg = compose(config_name=config_name, overrides=overrides)
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        text = str(e).split("Config search path")[0]
-        raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
+def compose_train_config(config_name: str, overrides: list[str]) -> dict:
+    cfg = compose_config(config_name, overrides)
     cfg["dataset"]["data_path"] = cfg["data_path"]  # keep the alias consistent in the saved config
     return cfg
 
@@ -498,7 +487,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
 def main(argv: list[str] | None = None) -> int:
     try:
         config_name, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
-        cfg = compose_config(config_name, overrides)
+        cfg = compose_train_config(config_name, overrides)
         train(cfg, config_name)
     except (ConfigError, DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -176,9 +176,9 @@ def step_flops(config: ModelConfig) -> dict:
 # ----------------------------------------------------------------------------- presets
 
 def load_preset(name: str, dtype: str | None) -> tuple[ModelConfig, dict]:
-    from pretrain import compose_config
+    from pretrain import compose_train_config
 
-    cfg = compose_config(f"train/{name}", [])
+    cfg = compose_train_config(f"train/{name}", [])
     meta_path = os.path.join(ROOT, cfg["data_path"], "train", "dataset.json")
     if os.path.isfile(meta_path):
         with open(meta_path) as f:

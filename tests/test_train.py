@@ -160,7 +160,7 @@ def test_feedforward_baseline_trains(sudoku_path, tmp_path):
     ("train/trm_maze_unique", dict(mlp_t=False, L_layers=1, L_cycles=4, hidden_size=128, random_init=False, noise_scale=0.0)),
 ])
 def test_paper_presets(name, expect):
-    cfg = pretrain.compose_config(name, [])
+    cfg = pretrain.compose_train_config(name, [])
     tc = pretrain.parse_train_config(cfg)
     assert (tc.global_batch_size, tc.lr, tc.lr_warmup_steps, tc.lr_min_ratio, tc.weight_decay) == (768, 1e-4, 2000, 1.0, 1.0)
     assert (tc.beta1, tc.beta2, tc.ema, tc.ema_rate) == (0.9, 0.95, True, 0.999)
@@ -173,13 +173,13 @@ def test_paper_presets(name, expect):
 
 
 def test_reference_key_dataset_data_path_is_an_alias():
-    cfg = pretrain.compose_config("train/eqr_maze_unique", ["dataset.data_path=/somewhere"])
+    cfg = pretrain.compose_train_config("train/eqr_maze_unique", ["dataset.data_path=/somewhere"])
     assert cfg["data_path"] == "/somewhere"
-    cfg = pretrain.compose_config("train/eqr_maze_unique", ["data_path=/elsewhere"])
+    cfg = pretrain.compose_train_config("train/eqr_maze_unique", ["data_path=/elsewhere"])
     assert cfg["dataset"]["data_path"] == "/elsewhere"
 
 
 @pytest.mark.parametrize("name", ["eqr_sudoku_cpu", "trm_sudoku_cpu", "ff_sudoku_cpu", "eqr_maze_cpu", "trm_maze_cpu"])
 def test_cpu_presets_compose(name):
-    tc = pretrain.parse_train_config(pretrain.compose_config(f"train/{name}", []))
+    tc = pretrain.parse_train_config(pretrain.compose_train_config(f"train/{name}", []))
     assert tc.device == "cpu" and tc.global_batch_size <= 64 and tc.arch["hidden_size"] <= 128

@@ -1,0 +1,23 @@
+"""Hydra composition for the entry points (pretrain.py, evaluate.py): config/ -> a plain dict."""
+import os
+
+from omegaconf import OmegaConf
+
+from models.eqr import ConfigError
+
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def compose_config(config_name: str, overrides: list[str]) -> dict:
+    """Compose `config_name` with command-line `overrides`; Hydra's multi-line errors become one ConfigError line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name=os.path.basename(config_name)):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        text = str(e).split("Config search path")[0]
+        raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
