@@ -553,8 +553,10 @@ def write_markdown(res: dict, plots: list, shipped: dict) -> str:
 
     L.append("## 2. Randomized initial state (RI) and path noise (NI)\n")
     L.append("TRM, then TRM + RI (`random_init=true`, λ = 1, σ = 0), then + NI (λ = 0.95, σ = 0.01: EqR); B = 1. "
-             "The issue asks for this on mazes; it is also run on Sudoku because the maze models of this budget "
-             "may not learn (see the table).\n")
+             "The issue asks for this on mazes; it is also run on Sudoku. The maze models mix cells with the "
+             "Sudoku model's token MLP (`mlp_t`), not the paper maze model's attention: with attention (1D rope) "
+             "TRM, TRM + RI and EqR all stayed on the copy-the-input plateau (0% of mazes, 87.7% of cells) after "
+             "2000 steps in an earlier run of this study (config/train/eqr_maze_cpu.yaml).\n")
     rows = []
     for task, names in RI_NI.items():
         for r in map(RUNS_BY_NAME.get, names):
@@ -708,7 +710,7 @@ def write_checkpoints_readme(res: dict, shipped: dict) -> None:
                  f"trained at D={info['train_halt_max_steps']} in {fmt_wall(info['wall_s'])} on one CPU thread.\n")
         L.append(f"- data: `{ds['command']}`")
         L.append(f"- training: `OMP_NUM_THREADS=1 WANDB_MODE=disabled {info['command']}`")
-        L.append(f"- exported by: `python scripts/reproduce_cpu.py report`\n")
+        L.append("- exported by: `python scripts/reproduce_cpu.py report`\n")
         if b1 in res["sweeps"]:
             sw = res["sweeps"][b1]
             L.append(f"Exact accuracy on the first {sw['puzzles']} test puzzles, B=1 "
