@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from models.layers import trunc_normal_params
+
 GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)  # splitmix64 increment, as a signed int64
 MUL1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 MUL2 = 0x94D049BB133111EB - (1 << 64)
@@ -84,9 +86,7 @@ class KeyedSampler:
         if std == 0:
             return torch.zeros((len(rows), *shape), dtype=dtype, device=device)
         u = uniform_open(self._bits(rows, numel))
-        lo, hi = math.erf(-bound / math.sqrt(2)), math.erf(bound / math.sqrt(2))
-        pdf = math.exp(-0.5 * bound**2) / math.sqrt(2 * math.pi)
-        scale = std / math.sqrt(1.0 - 2 * bound * pdf / ((hi - lo) / 2))
+        lo, hi, scale = trunc_normal_params(std, bound)
         x = u.add_(1).mul_((hi - lo) / 2).add_(lo).erfinv_().mul_(math.sqrt(2) * scale)
         x = x.clamp_(-bound * scale, bound * scale)
         return x.to(dtype).view(len(rows), *shape).to(device)

@@ -21,20 +21,26 @@ except ImportError:
         flash_attn_func = None
 
 
-def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, bound: float = 2.0, generator=None) -> torch.Tensor:
-    """Fill `tensor` in place with a normal truncated at +-bound sigma, rescaled so its std is `std`.
+def trunc_normal_params(std: float, bound: float = 2.0) -> tuple[float, float, float]:
+    """(lo, hi, scale) for a normal truncated at +-bound sigma with std `std`: draw u uniform in
+    (lo, hi), then x = sqrt(2) * scale * erfinv(u), clamped to +-bound * scale.
 
-    Truncation at 2 sigma shrinks the std to ~0.88; the draw is divided by that factor so
-    that `std` is the std of the samples, not of the untruncated normal.
+    Truncation at 2 sigma shrinks the std to ~0.88; `scale` divides by that factor so that `std`
+    is the std of the samples, not of the untruncated normal.
     """
+    lo, hi = math.erf(-bound / math.sqrt(2)), math.erf(bound / math.sqrt(2))
+    pdf = math.exp(-0.5 * bound**2) / math.sqrt(2 * math.pi)
+    mass = (hi - lo) / 2
+    truncated_var = 1.0 - 2 * bound * pdf / mass
+    return lo, hi, std / math.sqrt(truncated_var)
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, bound: float = 2.0, generator=None) -> torch.Tensor:
+    """Fill `tensor` in place with a normal truncated at +-bound sigma whose std is `std` (trunc_normal_params)."""
     with torch.no_grad():
         if std == 0:
             return tensor.zero_()
-        lo, hi = math.erf(-bound / math.sqrt(2)), math.erf(bound / math.sqrt(2))
-        pdf = math.exp(-0.5 * bound**2) / math.sqrt(2 * math.pi)
-        mass = (hi - lo) / 2
-        truncated_var = 1.0 - 2 * bound * pdf / mass
-        scale = std / math.sqrt(truncated_var)
+        lo, hi, scale = trunc_normal_params(std, bound)
         tensor.uniform_(lo, hi, generator=generator).erfinv_().mul_(math.sqrt(2) * scale)
         return tensor.clamp_(-bound * scale, bound * scale)
 
