@@ -36,7 +36,7 @@ from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from models.checkpoint import CheckpointError, atomic_save, atomic_write, safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner
-from models.losses import LOSSES, ACTLossHead, summarize_metrics
+from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 
 from models.optim import lr_at, make_optimizer
 
@@ -328,7 +328,7 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
             for _ in range(model.config.halt_max_steps):
                 carry, outputs = model(carry, batch)
             labels = carry.data["labels"]
-            labelled = labels != -100
+            labelled = labels != IGNORE_LABEL_ID
             correct = (outputs["logits"].argmax(-1) == labels) & labelled
             n_labels = labelled.sum(-1)
             rows = real & (n_labels > 0)

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataset.common import IGNORE_LABEL_ID
 from models.eqr import Carry
-
-IGNORE_LABEL_ID = -100
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
