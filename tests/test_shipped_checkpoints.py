@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import evaluate
-from dataset import build_sudoku_dataset
+from dataset import build_maze_unique_dataset, build_sudoku_dataset
 from models.checkpoint import atomic_save, load_for_eval
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
@@ -21,10 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUZZLES = 32
 CASES = {
     # shipped file, slice builder + args, exact-accuracy floor at D16 B1 (SHIP_FLOOR in scripts/reproduce_cpu.py).
-    # The 11x11 maze EqR of the CPU study solves 1.2% at D16, below the floor, so no maze checkpoint ships (docs/cpu_reproduction.md).
     "sudoku": ("checkpoints/shipped/eqr_sudoku_cpu.pt", build_sudoku_dataset,
                ["--generate", "1", "--generate-test", str(PUZZLES), "--num-aug", "0", "--min-givens", "40",
                 "--seed", "1"], 0.25),
+    "maze": ("checkpoints/shipped/eqr_maze_cpu.pt", build_maze_unique_dataset,
+             ["--grid-size", "11", "--train-samples", "1", "--test-samples", str(PUZZLES), "--min-path-length", "8",
+              "--max-path-length", "24", "--seed", "1"], 0.25),
 }
 
 
