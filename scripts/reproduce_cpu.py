@@ -114,8 +114,8 @@ RUNS += [Run(f"{r.name}-s1", r.task, r.preset, r.overrides, f"{r.label}, seed 1"
          for r in RUNS if r.task == "maze"]
 RUNS_BY_NAME = {r.name: r for r in RUNS}
 CONSTRUCTION = ["sudoku-ff", "sudoku-tied", "sudoku-tied-sup", "sudoku-trm", "sudoku-eqr"]
-RI_NI = {"sudoku": ["sudoku-trm", "sudoku-trm-ri", "sudoku-eqr"], "maze": ["maze-trm", "maze-trm-ri", "maze-eqr"],
-         "maze, training seed 1": ["maze-trm-s1", "maze-trm-ri-s1", "maze-eqr-s1"]}
+RI_NI = {task: [f"{task}-trm", f"{task}-trm-ri", f"{task}-eqr"] for task in ("sudoku", "maze")}
+RI_NI["maze, training seed 1"] = [f"{name}-s1" for name in RI_NI["maze"]]
 
 SWEEPS = [Sweep("sudoku-ff-d1", "sudoku-ff", [1], [1], 64)]
 SWEEPS += [Sweep(f"{r.name}-b1", r.name, DEPTHS, [1], 64, extra=["halt=true"]) for r in RUNS if r.name != "sudoku-ff"]
@@ -148,11 +148,10 @@ def shown(cmd: list) -> str:
     return " ".join(["python"] + [shlex.quote(a) for a in cmd[1:]])
 
 
-def run_stage(ledger: dict, key: str, cmd: list) -> None:
+def run_stage(key: str, cmd: list) -> None:
     """Run one command with the study's environment; add its wall time to the ledger (over attempts)."""
     os.makedirs(os.path.join(WORK_DIR, "logs"), exist_ok=True)
     log_path = os.path.join(WORK_DIR, "logs", f"{key}.log")
-    entry = ledger.setdefault(key, {"wall_s": 0.0, "attempts": []})
     print(f"[{key}] {shown(cmd)}  (log: {log_path})", flush=True)
     start = time.time()
     with open(log_path, "a") as log:
@@ -160,7 +159,8 @@ def run_stage(ledger: dict, key: str, cmd: list) -> None:
         log.flush()
         code = subprocess.call(cmd, cwd=ROOT, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - start
-    ledger.update({k: v for k, v in load_ledger().items() if k != key})  # keep what another driver wrote meanwhile
+    ledger = load_ledger()  # read at the end, so entries another driver wrote meanwhile are kept
+    entry = ledger.setdefault(key, {"wall_s": 0.0, "attempts": []})
     entry["wall_s"] += wall
     entry["attempts"].append({"command": shown(cmd), "wall_s": round(wall, 1), "exit_code": code,
                               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -229,13 +229,11 @@ def stages():
 
 
 def run_all() -> None:
-    ledger = load_ledger()
     for key, done, cmd in stages():
         if done:
             print(f"[{key}] finished earlier, skipped", flush=True)
             continue
-        run_stage(ledger, key, cmd)
-        ledger = load_ledger()
+        run_stage(key, cmd)
     # stages() is recomputed so that later stages see what earlier ones wrote
     if not all(done for _, done, _ in stages()):
         raise SystemExit("error: some stages did not finish; rerun this script to continue them")
