@@ -25,7 +25,8 @@ from evaluation import report
 from evaluation.grid import GridSpec, fingerprint, load_partial, partial_path, run_batch, save_partial
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import CheckpointError, load_for_eval
-from models.eqr import ConfigError, TorchSampler
+from models.eqr import ConfigError, TorchSampler, compile_core
+from utils.processes import close_processes, setup_processes, should_report
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
 
@@ -39,6 +40,7 @@ class EvalConfig:
     output_dir: str | None
     device: str | None
     forward_dtype: str | None
+    compile: bool | None
     halt_max_steps: int | None
     different_init: int | None
     depths: list | None
@@ -60,6 +62,8 @@ class EvalConfig:
     def __post_init__(self):
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise ConfigError(f"compile: expected true, false or null (null: on CUDA only), got {self.compile!r}")
         if self.rng not in ("keyed", "torch"):
             raise ConfigError(f"rng: expected keyed or torch, got {self.rng!r}")
         for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps"):
@@ -92,21 +96,6 @@ def parse_config(cfg: dict) -> EvalConfig:
 
 
 # ----------------------------------------------------------------------------- set-up
-
-def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); torchrun's environment makes a process group (nccl on CUDA, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world_size, device
-
 
 def broadcast(value, world_size: int):
     if world_size == 1:
@@ -160,6 +149,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                                data_vocab_size=data_meta.vocab_size if data_meta else None, overrides=overrides)
     model_config = head.model.config
     inner = head.model.inner.to(device).eval()
+    compiled = compile_core(inner, cfg.compile, device)
     train_config = info["train_config"]
 
     data_path = cfg.data_path or train_setting(train_config, "data_path")
@@ -207,6 +197,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
               f"{'EMA' if info['ema'] else 'raw'} weights) on {data_path}/{cfg.split}: {examples} puzzles, "
               f"depths {list(spec.depths)} x breadths {list(spec.breadths)}, {world_size} process(es) on {device.type}"
+              + (", compiled" if compiled else ", eager")
               + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
     from tqdm import tqdm
     bar = tqdm(total=examples, initial=min(start_batch * global_batch_size, examples), unit="puzzle",
@@ -296,21 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    distributed = False
+    processes = None
     try:
         flags = [a for a in argv if a.startswith("-")]
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
         cfg = parse_config(compose_config("cfg_eval", argv))
-        rank, world_size, device = setup_processes(cfg.device)
-        distributed = world_size > 1
-        evaluate(cfg, rank, world_size, device)
+        processes = setup_processes(cfg.device)
+        evaluate(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if should_report(e):
+            print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        close_processes(processes)
     return 0
 
 

@@ -35,10 +35,10 @@ from dataset.common import DatasetError, load_metadata
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from models.checkpoint import CheckpointError, atomic_save, atomic_write, safe_load
 from models.ema import EMA
-from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner
+from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
-
 from models.optim import lr_at, make_optimizer
+from utils.processes import close_processes, setup_processes, should_report
 
 CHECKPOINT_FORMAT = "eqr/1"
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
@@ -74,7 +74,7 @@ class TrainConfig:
     eval_max_examples: int | None
     eval_batch_size: int | None
     checkpoint_interval_steps: int | None
-    compile: bool
+    compile: bool | None
     wandb_mode: str | None
 
     def __post_init__(self):
@@ -89,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup_steps: expected an integer >= 0, got {self.lr_warmup_steps!r}")
         if not isinstance(self.data_path, str) or not self.data_path:
             raise ConfigError(f"data_path: expected a dataset folder, got {self.data_path!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise ConfigError(f"compile: expected true, false or null (null: on CUDA only), got {self.compile!r}")
         if self.wandb_mode not in (None, "online", "offline", "disabled"):
             raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
         if self.resume and not self.run_name and not self.checkpoint_path:
@@ -343,21 +345,11 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
 # ----------------------------------------------------------------------------- training
 
 def train(cfg: dict, config_name: str) -> None:
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    rank = int(os.environ.get("RANK", 0)) if distributed else 0
-    world_size = int(os.environ["WORLD_SIZE"]) if distributed else 1
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if distributed:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    processes = setup_processes(cfg["device"])
     try:
-        _train(cfg, config_name, device, rank, world_size)
+        _train(cfg, config_name, processes.device, processes.rank, processes.world_size)
     finally:
-        if distributed:
-            dist.destroy_process_group()
+        close_processes(processes)
 
 
 def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> None:
@@ -402,14 +394,15 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
         step, carry_state, saved_rng = load_checkpoint(resume_from, cfg, head, ema, optimizer, loader, device, rank, world_size)
         carry = None if carry_state is None else Carry.from_dict(to_device(carry_state, device))
 
-    if tc.compile:
-        head.model.inner.compile()  # in place: parameter names (and checkpoints) stay the same
+    compiled = compile_core(head.model.inner, tc.compile, device)
+    if compiled and eval_head is not None:
+        compile_core(eval_head.model.inner, True, device)
     train_head = head
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
         # Buffers (TRM's fixed latents, rotary tables) never change: synced once at init, not every forward.
         train_head = DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None,
-                                             forward_sync_buffers=False, gradient_as_bucket_view=True)
+                                             broadcast_buffers=False, gradient_as_bucket_view=True)
 
     logger, bar = None, None
     if rank == 0:
@@ -421,6 +414,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
         params = sum(p.numel() for p in head.parameters())
         print(f"run {run_dir}: {params / 1e6:.2f}M parameters, {total_steps} steps "
               f"({loader.steps_per_epoch} per epoch), {world_size} process(es) on {device.type}"
+              + (", compiled" if compiled else ", eager")
               + (f", resuming at step {step}" if step else "")
               + ("" if has_test else "; no test split, so no evaluation"), file=sys.stderr)
         bar = tqdm(total=total_steps, initial=step, desc=run_name, dynamic_ncols=True)
@@ -490,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_train_config(config_name, overrides)
         train(cfg, config_name)
     except (ConfigError, DatasetError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if should_report(e):
+            print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,7 +3,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from models.eqr import ConfigError
+from utils.errors import ConfigError
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 

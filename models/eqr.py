@@ -20,14 +20,11 @@ from torch import nn
 
 from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
                            trunc_normal_)
+from utils.errors import ConfigError
 
 # Keys that the reference's arch config carries but that do not shape the model here.
 REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continue", "disable_act_halt",
                        "act_inference", "halt_threshold", "halt_confirm_steps", "halt_confirm_mode", "batch_size"}
-
-
-class ConfigError(ValueError):
-    """A model or training configuration value that cannot work; the message names the key."""
 
 
 @dataclass
@@ -175,6 +172,9 @@ class TorchSampler:
         return trunc_normal_(torch.empty((len(rows), *shape), dtype=dtype, device=device), std=std)
 
 
+TORCH_SAMPLER = TorchSampler()
+
+
 class ReasoningCore(nn.Module):
     """One supervision step of the recursion, from latents (z_H, z_L) and inputs to logits and q."""
 
@@ -219,19 +219,37 @@ class ReasoningCore(nn.Module):
 
     def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, inputs: torch.Tensor, sampler=None):
         """-> (z_H, z_L) detached, logits [batch, seq, vocab] in forward dtype, q [batch] float32."""
-        sampler = sampler or TorchSampler()
+        sampler = TORCH_SAMPLER if sampler is None else sampler
+        if torch.compiler.is_compiling():  # the compiler fuses the weight casts itself
+            return self.step(z_H, z_L, inputs, sampler)
         with reuse_weight_casts():
-            x = self.embed_scale * self.embed_tokens(inputs)
-            if self.config.feedforward:
-                z_H = self.L_level(z_H, x, self.rotary, sampler)
-            else:
-                with torch.no_grad():
-                    for _ in range(self.config.H_cycles - 1):
-                        z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-                z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-            logits = self.lm_head(z_H)
-            q = self.q_head(z_H[:, 0]).float()[:, 0]
+            return self.step(z_H, z_L, inputs, sampler)
+
+    def step(self, z_H, z_L, inputs, sampler):
+        x = self.embed_scale * self.embed_tokens(inputs)
+        if self.config.feedforward:
+            z_H = self.L_level(z_H, x, self.rotary, sampler)
+        else:
+            with torch.no_grad():
+                for _ in range(self.config.H_cycles - 1):
+                    z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+            z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+        logits = self.lm_head(z_H)
+        q = self.q_head(z_H[:, 0]).float()[:, 0]
         return z_H.detach(), z_L.detach(), logits, q
+
+
+def compile_core(core: ReasoningCore, setting: bool | None, device: torch.device) -> bool:
+    """torch.compile one supervision step of `core` in place (parameter names, so checkpoints, stay the same).
+
+    setting None: compile on CUDA only; on a CPU compiling takes minutes and runs no faster.
+    The eager path (False) is the one that is bit-identical to the authors' model; compiled
+    kernels fuse and reorder floating-point work, so their rounding differs slightly.
+    """
+    enabled = device.type == "cuda" if setting is None else setting
+    if enabled:
+        core.compile(dynamic=False)
+    return enabled
 
 
 @dataclass
@@ -271,7 +289,7 @@ class RecurrentReasoner(nn.Module):
         )
 
     def forward(self, carry: Carry, batch: dict, sampler=None) -> tuple[Carry, dict]:
-        sampler = sampler or TorchSampler()
+        sampler = TORCH_SAMPLER if sampler is None else sampler
         reset = carry.halted
         z_H, z_L = carry.z_H.clone(), carry.z_L.clone()
         self.inner.reset_latents(z_H, z_L, reset, sampler)

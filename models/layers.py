@@ -77,8 +77,10 @@ def reuse_weight_casts():
 def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if weight.dtype == dtype:
         return weight
+    if torch.compiler.is_compiling() or torch.is_grad_enabled():  # compiled code dedupes the casts itself
+        return weight.to(dtype)
     cache = _weight_casts.get()
-    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if cache is None:
         return weight.to(dtype)
     key = (id(weight), dtype)
     if key not in cache:
@@ -187,7 +189,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.head_dim).unbind(2)
         if rotary is not None:
             q, k = rotary.apply(q), rotary.apply(k)
-        if flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        if (flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and not torch.compiler.is_compiling()):  # an extension call would split the compiled graph
             y = flash_attn_func(q, k, v, causal=False)
             y = y[0] if isinstance(y, tuple) else y
         else:

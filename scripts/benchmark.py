@@ -9,7 +9,10 @@ then for each preset of config/train (the Sudoku and maze presets and the *_cpu 
 training step time (forward + backward + optimizer + EMA, median after warm-up), the
 evaluation throughput (trajectory-steps per second: one supervision step of ReasoningCore
 per row, under torch.inference_mode), the peak memory of each, the analytic matmul FLOPs
-and the achieved fraction of the peak (MFU); and the start-up time, from launching
+and the achieved fraction of the peak (MFU), and the cost of keyed randomness (an eval step
+drawing from evaluate.py's KeyedSampler against one drawing from torch's generator); all of it
+for the eager path and, on CUDA (or with --compile), again for the torch.compile'd core that
+pretrain.py and evaluate.py use there by default; and the start-up time, from launching
 pretrain.py (max_steps=1, tiny generated Sudoku set) to the process exiting.
 Peak memory is the resident set size on CPU (VmHWM, reset before each measurement) and
 torch.cuda.max_memory_allocated on GPU.
@@ -31,6 +34,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from evaluation.keyed_rng import KeyedSampler  # noqa: E402
 from models.checkpoint import atomic_write  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.eqr import ModelConfig, RecurrentReasoner  # noqa: E402
@@ -45,6 +49,8 @@ DATA_SHAPES = {"data/sudoku-extreme-1k-aug-1000": (81, 11), "data/maze-30x30-uni
 # (train batch, eval batch) per mode for the full-size presets on CPU; the *_cpu presets use their own.
 CPU_BATCH = {"quick": (2, 4), "full": (8, 16)}
 TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # issue 7; the MFU ones are for eqr_sudoku on CPU
+# issue 14, on CUDA, for the default (compiled) path: MFU of the bf16 peak per preset, keyed draws' share of an eval step
+GPU_TARGETS = {"eqr_sudoku": 0.45, "eqr_maze_unique": 0.30, "keyed_rng_share": 0.05}
 
 
 class BenchmarkError(Exception):
@@ -128,11 +134,24 @@ class PeakMemory:
 
 
 def matmul_peak(dtype: torch.dtype, n: int, seconds: float, device: torch.device) -> float:
-    """FLOP/s of an n x n x n torch.mm loop run for about `seconds` (best of short rounds)."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    torch.mm(a, b, out=out)  # warm-up
-    synchronize(device)
+    """FLOP/s of a square torch.mm loop of size up to n, run for about `seconds` (best of short rounds).
+
+    The size doubles from 256 while one product takes under a fortieth of `seconds`: a CPU without
+    bfloat16 units (no avx512_bf16 / AMX) runs bf16 torch.mm some 100x slower than float32, and a
+    2048 product there takes longer than a whole quick run.
+    """
+    size = 256
+    while True:
+        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+        out = torch.empty(size, size, device=device, dtype=dtype)
+        torch.mm(a, b, out=out)  # warm-up (library start-up on the first call)
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        if size >= n or time.perf_counter() - start > seconds / 40:
+            break
+        size *= 2
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         reps = 4
@@ -140,7 +159,7 @@ def matmul_peak(dtype: torch.dtype, n: int, seconds: float, device: torch.device
         for _ in range(reps):
             torch.mm(a, b, out=out)
         synchronize(device)
-        best = max(best, reps * 2 * n**3 / (time.perf_counter() - start))
+        best = max(best, reps * 2 * size**3 / (time.perf_counter() - start))
     return best
 
 
@@ -201,14 +220,14 @@ def random_batch(config: ModelConfig, batch_size: int, device, generator) -> dic
             "puzzle_identifiers": torch.zeros(batch_size, dtype=torch.int32, device=device)}
 
 
-def bench_train(config, cfg, batch_size, args, device, memory) -> dict:
+def bench_train(config, cfg, batch_size, args, device, memory, compiled: bool = False) -> dict:
     """One training step as pretrain.py runs it: forward + backward + AdamATan2 + EMA."""
     torch.manual_seed(0)
     head = ACTLossHead(RecurrentReasoner(config), cfg["arch"]["loss"]["loss_type"]).to(device)
     optimizer = make_optimizer(head.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1.0)
     ema = EMA(head, 0.999)
-    if args.compile:
-        head.model.inner.compile()
+    if compiled:
+        head.model.inner.compile(dynamic=False, backend=args.compile_backend)
     batch = random_batch(config, batch_size, device, torch.Generator().manual_seed(1))
     state = {"carry": head.initial_carry(batch)}
 
@@ -225,27 +244,48 @@ def bench_train(config, cfg, batch_size, args, device, memory) -> dict:
             "train_peak_mem_mb": memory.read()}
 
 
-def bench_eval(config, batch_size, args, device, memory) -> dict:
-    """Throughput of ReasoningCore supervision steps under inference_mode (latents carried over)."""
+def bench_eval(config, batch_size, args, device, memory, compiled: bool = False, keyed: bool = False) -> dict:
+    """Throughput of ReasoningCore supervision steps under inference_mode (latents carried over).
+
+    keyed: draw the noise from evaluate.py's KeyedSampler (rng=keyed, its default) instead of torch's generator.
+    """
     torch.manual_seed(0)
     core = RecurrentReasoner(config).to(device).eval().inner
-    if args.compile:
-        core.compile()
+    if compiled:
+        core.compile(dynamic=False, backend=args.compile_backend)
     inputs = random_batch(config, batch_size, device, torch.Generator().manual_seed(1))["inputs"]
     shape = (batch_size, config.seq_len, config.hidden_size)
     state = {}
     with torch.inference_mode():
         state["z"] = tuple(trunc_normal_(torch.empty(shape, dtype=config.dtype, device=device)) for _ in range(2))
+        rows = torch.arange(batch_size, device=device)
+        sampler = KeyedSampler(0, rows, torch.zeros_like(rows)) if keyed else None
 
     def step():
         with torch.inference_mode():
-            z_H, z_L, _, _ = core(*state["z"], inputs)
+            z_H, z_L, _, _ = core(*state["z"], inputs, sampler)
             state["z"] = (z_H, z_L)
 
     memory.reset()
     seconds, first = median_time(step, args.warmup, args.repeats, device)
     return {"eval_batch": batch_size, "eval_step_s": seconds, "eval_first_step_s": first,
             "eval_trajectory_steps_per_s": batch_size / seconds, "eval_peak_mem_mb": memory.read()}
+
+
+def bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, peak: float, compiled: bool) -> dict:
+    """Train and eval step figures of one preset on one path (eager or compiled), MFU against `peak` FLOP/s,
+    and the cost of keyed randomness: an eval step with KeyedSampler against one with torch's generator."""
+    flops = step_flops(config)
+    row = bench_train(config, cfg, train_batch, args, device, memory, compiled)
+    row.update(bench_eval(config, eval_batch, args, device, memory, compiled))
+    row["train_tflops"] = flops["train"] * train_batch / row["train_step_s"] / 1e12
+    row["eval_tflops"] = flops["forward"] * eval_batch / row["eval_step_s"] / 1e12
+    row["train_mfu"] = row["train_tflops"] * 1e12 / peak
+    row["eval_mfu"] = row["eval_tflops"] * 1e12 / peak
+    keyed = bench_eval(config, eval_batch, args, device, memory, compiled, keyed=True)
+    row["eval_keyed_step_s"] = keyed["eval_step_s"]
+    row["keyed_rng_share"] = max(0.0, 1 - row["eval_step_s"] / keyed["eval_step_s"])
+    return row
 
 
 def batch_sizes(name: str, cfg: dict, args, device) -> tuple[int, int]:
@@ -318,12 +358,17 @@ def print_table(results: dict) -> None:
     print(f"matmul peak: float32 {peak['float32']:.3f} TFLOP/s, bfloat16 {peak['bfloat16']:.3f} TFLOP/s")
     if results["memory_before_presets_mb"] is not None:
         print(f"memory before any preset: {results['memory_before_presets_mb']:.0f} MB (peaks below include it)")
-    print(f"{'preset':<16} {'train b':>7} {'step s':>8} {'MFU':>6} {'mem MB':>7} | {'eval b':>6} {'step s':>8} "
-          f"{'traj-steps/s':>12} {'MFU':>6} {'mem MB':>7}")
-    for name, r in results["presets"].items():
-        print(f"{name:<16} {r['train_batch']:>7} {r['train_step_s']:>8.3f} {r['train_mfu']:>6.1%} {r['train_peak_mem_mb']:>7.0f} | "
-              f"{r['eval_batch']:>6} {r['eval_step_s']:>8.3f} {r['eval_trajectory_steps_per_s']:>12.1f} "
-              f"{r['eval_mfu']:>6.1%} {r['eval_peak_mem_mb']:>7.0f}")
+    print(f"{'preset':<16} {'path':<8} {'train b':>7} {'step s':>8} {'MFU':>6} {'mem MB':>7} | {'eval b':>6} {'step s':>8} "
+          f"{'traj-steps/s':>12} {'MFU':>6} {'mem MB':>7} | {'keyed s':>8} {'keyed %':>7}")
+    for name, row in results["presets"].items():
+        for path, r in (("eager", row), ("compiled", row.get("compiled"))):
+            if r is None:
+                continue
+            print(f"{name:<16} {path:<8} {r['train_batch']:>7} {r['train_step_s']:>8.3f} {r['train_mfu']:>6.1%} "
+                  f"{r['train_peak_mem_mb']:>7.0f} | {r['eval_batch']:>6} {r['eval_step_s']:>8.3f} "
+                  f"{r['eval_trajectory_steps_per_s']:>12.1f} {r['eval_mfu']:>6.1%} {r['eval_peak_mem_mb']:>7.0f} | "
+                  f"{r['eval_keyed_step_s']:>8.3f} {r['keyed_rng_share']:>7.1%}")
+    print("keyed %: share of an eval step (rng=keyed, evaluate.py's default) spent on keyed draws rather than torch's generator")
     for name, seconds in results["startup_s"].items():
         print(f"start-up to first finished step ({name}): {seconds:.2f} s")
     print(f"load average (1 min) before {results['load_average']['before']:.2f}, after {results['load_average']['after']:.2f}")
@@ -344,7 +389,10 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 2 quick, 3 full)")
     parser.add_argument("--dtype", default=None, help="override every preset's forward_dtype")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the ReasoningCore (changes rounding)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the torch.compile'd core (default: on CUDA only; compiling on a CPU takes minutes)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend for the compiled figures (aot_eager: capture only, for tests)")
     parser.add_argument("--startup-presets", nargs="*", default=["eqr_sudoku", "eqr_sudoku_cpu"],
                         help="presets whose pretrain.py start-up is timed (none: skip)")
     args = parser.parse_args(argv)
@@ -393,22 +441,24 @@ def run(args) -> int:
     results["settings"]["peak_memory"] = ("cuda max_memory_allocated" if device.type == "cuda" else
                                           "VmHWM (peak RSS), reset per measurement" if memory.resettable else "ru_maxrss (process peak)")
 
+    compile_too = args.compile if args.compile is not None else device.type == "cuda"
     for name in args.presets:
         config, cfg = load_preset(name, args.dtype)
         train_batch, eval_batch = batch_sizes(name, cfg, args, device)
         flops = step_flops(config)
+        dtype_peak = peak["float32" if config.forward_dtype == "float32" else "bfloat16"]
         row = {"forward_dtype": config.forward_dtype, "params": sum(p.numel() for p in RecurrentReasoner(config).parameters()),
                "flops_per_row_forward": flops["forward"], "flops_per_row_train": flops["train"]}
-        row.update(bench_train(config, cfg, train_batch, args, device, memory))
-        row.update(bench_eval(config, eval_batch, args, device, memory))
-        dtype_peak = peak["float32" if config.forward_dtype == "float32" else "bfloat16"]
-        row["train_tflops"] = flops["train"] * train_batch / row["train_step_s"] / 1e12
-        row["eval_tflops"] = flops["forward"] * eval_batch / row["eval_step_s"] / 1e12
-        row["train_mfu"] = row["train_tflops"] * 1e12 / dtype_peak
-        row["eval_mfu"] = row["eval_tflops"] * 1e12 / dtype_peak
+        row.update(bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, dtype_peak, compiled=False))
+        if compile_too:
+            row["compiled"] = bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, dtype_peak,
+                                           compiled=True)
         results["presets"][name] = row
         print(f"{name}: train {row['train_step_s']:.3f} s/step (batch {train_batch}), "
-              f"eval {row['eval_trajectory_steps_per_s']:.1f} trajectory-steps/s (batch {eval_batch})", file=sys.stderr)
+              f"eval {row['eval_trajectory_steps_per_s']:.1f} trajectory-steps/s (batch {eval_batch})"
+              + (f"; compiled: train {row['compiled']['train_step_s']:.3f} s/step, eval "
+                 f"{row['compiled']['eval_trajectory_steps_per_s']:.1f} trajectory-steps/s" if compile_too else ""),
+              file=sys.stderr)
 
     if args.startup_presets:
         with tempfile.TemporaryDirectory() as folder:
@@ -421,6 +471,13 @@ def run(args) -> int:
     if sudoku and device.type == "cpu":
         targets["eqr_sudoku eval MFU (CPU, of bf16 peak)"] = (sudoku["eval_mfu"], TARGETS["eval_mfu"], True)
         targets["eqr_sudoku train MFU (CPU, of bf16 peak)"] = (sudoku["train_mfu"], TARGETS["train_mfu"], True)
+    if device.type == "cuda":
+        for preset, row in results["presets"].items():
+            default = row.get("compiled", row)
+            if preset in GPU_TARGETS:
+                targets[f"{preset} train MFU (CUDA, of bf16 peak)"] = (default["train_mfu"], GPU_TARGETS[preset], True)
+                targets[f"{preset} eval MFU (CUDA, of bf16 peak)"] = (default["eval_mfu"], GPU_TARGETS[preset], True)
+            targets[f"{preset} keyed RNG share of an eval step"] = (default["keyed_rng_share"], GPU_TARGETS["keyed_rng_share"], False)
     for preset, seconds in results["startup_s"].items():
         targets[f"start-up {preset} (s)"] = (seconds, TARGETS["startup_s"], False)
     results["load_average"] = {"before": load_before[0], "after": os.getloadavg()[0]}

@@ -17,7 +17,8 @@ import benchmark  # noqa: E402
 PRESET_KEYS = {"forward_dtype", "params", "flops_per_row_forward", "flops_per_row_train",
                "train_batch", "train_step_s", "train_first_step_s", "train_peak_mem_mb", "train_tflops", "train_mfu",
                "eval_batch", "eval_step_s", "eval_first_step_s", "eval_trajectory_steps_per_s", "eval_peak_mem_mb",
-               "eval_tflops", "eval_mfu"}
+               "eval_tflops", "eval_mfu", "eval_keyed_step_s", "keyed_rng_share"}
+PATH_KEYS = PRESET_KEYS - {"forward_dtype", "params", "flops_per_row_forward", "flops_per_row_train"}
 
 
 def check_results(results: dict, presets: list[str], startup: list[str]) -> None:
@@ -27,9 +28,12 @@ def check_results(results: dict, presets: list[str], startup: list[str]) -> None
     assert all(v > 0 for v in results["peak_tflops"].values())
     assert list(results["presets"]) == presets
     for row in results["presets"].values():
-        assert set(row) == PRESET_KEYS
-        assert all(isinstance(v, (int, float)) and v > 0 for k, v in row.items() if k != "forward_dtype")
-        assert row["eval_trajectory_steps_per_s"] == pytest.approx(row["eval_batch"] / row["eval_step_s"])
+        assert set(row) - {"compiled"} == PRESET_KEYS
+        for path in (row, row.get("compiled", row)):
+            assert set(path) >= PATH_KEYS
+            assert all(isinstance(path[k], (int, float)) and path[k] > 0 for k in PATH_KEYS - {"keyed_rng_share"})
+            assert 0 <= path["keyed_rng_share"] < 1
+            assert path["eval_trajectory_steps_per_s"] == pytest.approx(path["eval_batch"] / path["eval_step_s"])
     assert set(results["startup_s"]) == set(startup) and all(v > 0 for v in results["startup_s"].values())
     for target in results["targets"].values():
         assert set(target) == {"value", "target", "met"} and isinstance(target["met"], bool)
@@ -41,9 +45,20 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
     code = benchmark.main(["--quick", "--threads", "1", "--presets", *presets, "--startup-presets", "eqr_sudoku_cpu",
                            "--repeats", "1", "--out", str(out)])
     assert code == 0
-    check_results(json.loads(out.read_text()), presets, ["eqr_sudoku_cpu"])
+    results = json.loads(out.read_text())
+    check_results(results, presets, ["eqr_sudoku_cpu"])
+    assert all("compiled" not in row for row in results["presets"].values())  # not on a CPU unless asked
     assert os.listdir(out.parent) == ["bench.json"]  # the temp file was renamed, nothing else left
     assert "wrote" in capsys.readouterr().out
+
+
+def test_benchmark_times_the_compiled_path_too(tmp_path):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--threads", "1", "--presets", "trm_sudoku_cpu", "--startup-presets",
+                           "--repeats", "1", "--compile", "--compile-backend", "aot_eager", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    check_results(results, ["trm_sudoku_cpu"], [])
+    assert set(results["presets"]["trm_sudoku_cpu"]["compiled"]) == PATH_KEYS
 
 
 @pytest.mark.slow

@@ -1,24 +1,20 @@
 """Sharded evaluation (2 gloo processes) equals one process; a SIGKILLed sweep resumes to the same counts."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import evaluate
+import launch as launcher
 from test_eval_grid import EQR, TRM, build_model, write_checkpoint, write_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GRID = ["depths=[1,2,3]", "breadths=[1,2,4]", "convergence_top_k=2", "halt=true", "progress=false", "plots=false"]
+# device=cpu everywhere: gloo processes, and one process on the same device, whatever GPUs the machine has.
+GRID = ["depths=[1,2,3]", "breadths=[1,2,4]", "convergence_top_k=2", "halt=true", "progress=false", "plots=false",
+        "device=cpu"]
 
 
-def launch(nproc: int, *args, env_extra=None) -> subprocess.CompletedProcess:
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                     "--nproc-per-node", str(nproc)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([*launcher, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=180)
+def launch(nproc: int, *args, env_extra=None):
+    return launcher.launch("evaluate.py", *args, nproc=nproc, env_extra=env_extra)
 
 
 def counts(output_dir: str) -> dict:

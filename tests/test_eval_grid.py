@@ -231,7 +231,7 @@ def test_evaluate_writes_results_csv_and_plots(run_files, tmp_path, capsys):
     _, data, ckpt = run_files
     out = str(tmp_path / "out")
     code = evaluate.main([f"checkpoint={ckpt}", f"output_dir={out}", "depths=[1,2,4]", "breadths=[1,2,4]",
-                          "convergence_top_k=2", "halt=true", "global_batch_size=4", "progress=false"])
+                          "convergence_top_k=2", "halt=true", "global_batch_size=4", "progress=false", "device=cpu"])
     assert code == 0
     assert sorted(os.listdir(out)) == ["accuracy_heatmap.png", "accuracy_vs_nfe.png", "results.csv", "results.json"]
     with open(os.path.join(out, "results.json")) as f:
@@ -258,7 +258,7 @@ def test_evaluate_single_cell_matches_the_grid(run_files, tmp_path):
     for name, args in {"grid": ["depths=[2,3]", "breadths=[1,3]"], "cell": ["halt_max_steps=3", "different_init=3"]}.items():
         out = str(tmp_path / name)
         assert evaluate.main([f"checkpoint={ckpt}", f"output_dir={out}", "global_batch_size=2", "progress=false",
-                              "plots=false", *args]) == 0
+                              "plots=false", "device=cpu", *args]) == 0
         with open(os.path.join(out, "results.json")) as f:
             runs[name] = {(r["depth"], r["breadth"], r["rule"]): r["correct"] for r in json.load(f)["rows"]}
     assert runs["cell"] and all(runs["grid"][key] == value for key, value in runs["cell"].items())
@@ -271,10 +271,14 @@ def test_evaluate_single_cell_matches_the_grid(run_files, tmp_path):
     (["data_path=/nonexistent"], "dataset.json"),
     (["global_batch_size=3", "halt_max_steps=1"], None),
     (["no_such_key=1"], "no_such_key"),
+    (["compile=maybe"], "compile: expected true, false or null"),
+    (["device=tpu"], "device: expected cpu, cuda or cuda:N"),
 ])
 def test_evaluate_bad_input_is_one_line_and_exit_2(run_files, tmp_path, capsys, args, message):
     _, data, ckpt = run_files
-    code = evaluate.main([f"checkpoint={ckpt}", f"output_dir={tmp_path / 'o'}", "progress=false", "plots=false", *args])
+    device = [] if any(a.startswith("device=") for a in args) else ["device=cpu"]
+    code = evaluate.main([f"checkpoint={ckpt}", f"output_dir={tmp_path / 'o'}", "progress=false", "plots=false",
+                          *device, *args])
     err = capsys.readouterr().err.strip().splitlines()
     if message is None:  # a valid odd batch size just works
         assert code == 0

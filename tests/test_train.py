@@ -115,6 +115,8 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudok
     (["global_batch_size=0"], "global_batch_size: expected a positive integer"),
     (["resume=true", "checkpoint_path=null"], "resume: needs run_name"),
     (["arch.loss.loss_type=mse"], "arch.loss.loss_type"),
+    (["compile=maybe"], "compile: expected true, false or null"),
+    (["compile=1"], "compile: expected true, false or null"),
 ])
 def test_bad_config_fails_at_start_with_one_line(sudoku_path, tmp_path, capsys, extra, expected):
     rc = pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, tmp_path / "run"), *extra])

@@ -1,15 +1,13 @@
 """2-process gloo torchrun = 1 process with the same global batch; per-rank shards resume the run."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from dataset import build_sudoku_dataset
+from launch import launch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TRM without halting exploration: no rank-dependent randomness, so both runs see the same numbers.
 ARGS = ["--config-name", "train/trm_sudoku", "device=cpu", "wandb_mode=disabled", "global_batch_size=8", "eval_batch_size=8",
         "eval_max_examples=16", "eval_interval_steps=3", "log_interval_steps=1", "checkpoint_interval_steps=3", "lr=3e-3",
@@ -26,11 +24,7 @@ def sudoku_path(tmp_path_factory):
 
 
 def run(nproc, run_dir, data_path, *extra):
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                     "--nproc-per-node", str(nproc)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*launcher, "pretrain.py", *ARGS, f"data_path={data_path}", f"checkpoint_path={run_dir}", *extra],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = launch("pretrain.py", *ARGS, f"data_path={data_path}", f"checkpoint_path={run_dir}", *extra, nproc=nproc)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

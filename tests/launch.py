@@ -1,0 +1,38 @@
+"""Run an entry point as a user does (python or torchrun), and never leave a process behind.
+
+torchrun's workers outlive a torchrun that is killed, so each launch gets its own process group
+and the whole group is killed when the launch times out or the test ends.
+"""
+import os
+import signal
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(script: str, *args: str, nproc: int = 1, env_extra: dict | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python script args` (nproc 1) or `torchrun --standalone --nproc-per-node N script args`, run from the
+    repository root with one thread per process; every process it started is gone when this returns."""
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc-per-node", str(nproc)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    process = subprocess.Popen([*launcher, script, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{script} {' '.join(args)} ran over {timeout} s and was killed; stderr:\n{stderr[-3000:]}")
+    finally:
+        kill_group(process)  # workers left behind by a launcher that exited
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,5 @@
+"""Errors that end a run with one `error:` line (the entry points catch them; nothing else does)."""
+
+
+class ConfigError(ValueError):
+    """A model, training or evaluation setting that cannot work; the message names the key."""

@@ -1,0 +1,122 @@
+"""Which process runs on which device: the one place that maps torchrun's ranks to devices.
+
+Both entry points (pretrain.py, evaluate.py) call `setup_processes`. torchrun sets RANK,
+WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; without them this is one process. On CUDA
+process i of a node takes cuda:<LOCAL_RANK>, so a node needs at least as many visible GPUs
+as processes; anything that cannot work is refused before a process group exists, so no
+process is left waiting for a peer that will never come.
+"""
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from utils.errors import ConfigError
+
+OLDEST_TORCH = (2, 4)  # the suite runs on this one and on the pinned one (.ci/run)
+
+# Collectives give up after this long (a peer that died without torchrun noticing), instead of waiting forever.
+TIMEOUT_ENV = "EQR_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800
+
+
+class ProcessSetupError(ConfigError):
+    """A device or process-count problem that every rank of a node finds alike; only local rank 0 reports it."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launch_env(environ=None) -> tuple[int, int, int, int]:
+    """(rank, world size, local rank, local world size) from torchrun's variables (1 process without them)."""
+    env = os.environ if environ is None else environ
+    try:
+        world_size = int(env.get("WORLD_SIZE", 1))
+        rank = int(env.get("RANK", 0))
+        local_rank = int(env.get("LOCAL_RANK", 0))
+        local_world_size = int(env.get("LOCAL_WORLD_SIZE", local_rank + 1))
+    except ValueError as e:
+        raise ProcessSetupError(f"torchrun environment: expected integers in RANK/WORLD_SIZE/LOCAL_RANK ({e})") from None
+    if world_size < 1 or not 0 <= rank < world_size or not 0 <= local_rank < local_world_size:
+        raise ProcessSetupError(f"torchrun environment: RANK={rank} WORLD_SIZE={world_size} LOCAL_RANK={local_rank} "
+                                f"LOCAL_WORLD_SIZE={local_world_size} do not fit together")
+    return rank, world_size, local_rank, local_world_size
+
+
+def choose_device(requested: str | None, local_rank: int, local_world_size: int, world_size: int,
+                  gpus: int) -> torch.device:
+    """The device of one process. `requested` is the `device=` setting (None: cuda when a GPU is visible,
+    else cpu); `gpus` is how many CUDA devices this process sees. Raises ProcessSetupError."""
+    if requested is None:
+        requested = "cuda" if gpus > 0 else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ProcessSetupError(f"device: expected cpu, cuda or cuda:N, got {requested!r}") from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise ProcessSetupError(f"device: expected cpu, cuda or cuda:N, got {requested!r}")
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ProcessSetupError(f"device: {requested!r} is not supported; expected cpu, cuda or cuda:N")
+    if gpus == 0:
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        raise ProcessSetupError(f"device={requested}: no CUDA GPU is visible to this process ({build}); use device=cpu")
+    if device.index is not None:
+        if world_size > 1:
+            raise ProcessSetupError(f"device={requested}: would put all {world_size} processes on one GPU; "
+                                    f"use device=cuda (process i of a node takes cuda:<LOCAL_RANK>)")
+        if device.index >= gpus:
+            raise ProcessSetupError(f"device={requested}: only {gpus} GPU(s) visible (cuda:0..cuda:{gpus - 1})")
+        return device
+    if local_world_size > gpus:
+        raise ProcessSetupError(f"{local_world_size} processes on this node but only {gpus} GPU(s) visible: "
+                                f"use --nproc-per-node {gpus}, or device=cpu")
+    return torch.device("cuda", local_rank)
+
+
+def check_torch_version(version: str = torch.__version__) -> None:
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
+    if (major, minor) < OLDEST_TORCH:
+        raise ProcessSetupError(f"torch {version} is older than {'.'.join(map(str, OLDEST_TORCH))}, the oldest this "
+                                f"project supports; install a newer torch (requirements.txt pins the tested one)")
+
+
+def setup_processes(requested_device: str | None) -> Processes:
+    """Pick this process's device and, under torchrun, join the process group (nccl on CUDA, gloo on CPU)."""
+    check_torch_version()
+    rank, world_size, local_rank, local_world_size = launch_env()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = choose_device(requested_device, local_rank, local_world_size, world_size, gpus)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        try:
+            timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+        except ValueError:
+            raise ProcessSetupError(f"{TIMEOUT_ENV}: expected a number of seconds") from None
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return Processes(rank, world_size, local_rank, device)
+
+
+def close_processes(processes: Processes | None) -> None:
+    if processes is not None and processes.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def should_report(error: Exception) -> bool:
+    """Whether this process prints `error:` for `error`: a setup problem once per node, anything else on every rank."""
+    if not isinstance(error, ProcessSetupError):
+        return True
+    return os.environ.get("LOCAL_RANK", "0") == "0"
