@@ -149,6 +149,10 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                                data_vocab_size=data_meta.vocab_size if data_meta else None, overrides=overrides)
     model_config = head.model.config
     inner = head.model.inner.to(device).eval()
+    broken = [name for name, p in head.named_parameters() if not torch.isfinite(p).all()]
+    if broken and rank == 0:
+        print(f"warning: {cfg.checkpoint}: {len(broken)} weight tensor(s) hold NaN or inf ({broken[0]} first); "
+              f"the training run diverged before this checkpoint and its answers are meaningless", file=sys.stderr)
     compiled = compile_core(inner, cfg.compile, device)
     train_config = info["train_config"]
 

@@ -16,8 +16,8 @@ state of each extra rank), `latest` (the name of the newest complete checkpoint)
 config.yaml and metrics.jsonl. With resume=true the run continues from `latest`; on CPU
 with one process the continuation is bit-exact.
 """
+import contextlib
 import copy
-import json
 import os
 import random
 import sys
@@ -38,7 +38,9 @@ from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
-from utils.processes import close_processes, setup_processes, should_report
+from utils.errors import RunError
+from utils.processes import StopRequests, close_processes, setup_processes, should_report
+from utils.run_folder import RunLock, append_metrics, read_metrics, strict_json
 
 CHECKPOINT_FORMAT = "eqr/1"
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
@@ -247,12 +249,9 @@ def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world
 
 
 def truncate_metrics(path: str, step: int) -> None:
-    """After a resume, drop the lines the killed run logged past its last checkpoint."""
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write(path, "".join(lines))
+    """After a resume, drop the lines the killed run logged past its last checkpoint (and a torn last line)."""
+    if os.path.isfile(path):
+        atomic_write(path, "".join(strict_json(r) + "\n" for r in read_metrics(path) if r["step"] <= step))
 
 
 # ----------------------------------------------------------------------------- logging
@@ -281,8 +280,7 @@ class Logger:
         self.wandb = None
 
     def log(self, metrics: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_metrics(self.path, metrics)
         if self.wandb is not None:
             try:
                 self.wandb.log(metrics, step=metrics["step"])
@@ -347,12 +345,14 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
 def train(cfg: dict, config_name: str) -> None:
     processes = setup_processes(cfg["device"])
     try:
-        _train(cfg, config_name, processes.device, processes.rank, processes.world_size)
+        with contextlib.ExitStack() as cleanup, StopRequests() as stop:
+            _train(cfg, config_name, processes.device, processes.rank, processes.world_size, cleanup, stop)
     finally:
         close_processes(processes)
 
 
-def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> None:
+def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, cleanup: contextlib.ExitStack,
+           stop: "StopRequests") -> None:
     tc = parse_train_config(cfg)
     if tc.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
@@ -374,11 +374,15 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
         run_name = box[0]
     cfg["run_name"] = run_name
     run_dir = tc.checkpoint_path or os.path.join("checkpoints", tc.project_name, run_name)
+    claim_run_folder(run_dir, rank, world_size, cleanup)
     resume_from = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     if tc.resume and resume_from is None:
         raise CheckpointError(f"{run_dir}: no checkpoint to resume (resume=true needs a run with a `latest` file)")
     if not tc.resume and resume_from is not None:
         raise CheckpointError(f"{run_dir}: already holds checkpoints; pass resume=true or another run_name")
+    if not tc.resume and os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+        raise CheckpointError(f"{run_dir}: holds metrics.jsonl of an earlier run but no checkpoint to resume; "
+                              f"pass another run_name (or remove that file)")
 
     # Identical initial weights on every rank; then a separate random stream per rank.
     seed_everything(tc.seed)
@@ -411,6 +415,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
         if resume_from is not None:
             truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), step)
         logger = Logger(run_dir, cfg, run_name)
+        cleanup.callback(logger.finish)
         params = sum(p.numel() for p in head.parameters())
         print(f"run {run_dir}: {params / 1e6:.2f}M parameters, {total_steps} steps "
               f"({loader.steps_per_epoch} per epoch), {world_size} process(es) on {device.type}"
@@ -418,14 +423,16 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
               + (f", resuming at step {step}" if step else "")
               + ("" if has_test else "; no test split, so no evaluation"), file=sys.stderr)
         bar = tqdm(total=total_steps, initial=step, desc=run_name, dynamic_ncols=True)
+        cleanup.callback(bar.close)  # before any error line, which must start a line of its own
     if saved_rng is not None:  # last, so nothing above shifts the random streams
         set_rng_state(saved_rng, device)
 
     head.train()
     sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=device)
     grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)  # identical on every rank after DDP
-    logged_steps, start_time = 0, time.time()
-    while step < total_steps:
+    first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss or gradient
+    logged_steps, start_time, stopping = 0, time.time(), False
+    while step < total_steps and not stopping:
         step += 1
         batch = to_device(loader.next_batch(), device)
         if carry is None:
@@ -438,7 +445,10 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
         # DDP averages gradients over ranks, so the world_size factor makes them those of sum / global batch.
         (loss * (world_size / tc.global_batch_size)).backward()
         grads = [p.grad for p in head.parameters() if p.grad is not None]
-        grad_norm_sum += torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).double()
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).double()
+        grad_norm_sum += grad_norm
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)  # no host sync here
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -448,7 +458,8 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
 
         if bar is not None:
             bar.update(1)
-        if step % tc.log_interval_steps == 0 or step == total_steps:
+        log_due = step % tc.log_interval_steps == 0 or step == total_steps
+        if log_due:
             if world_size > 1:
                 dist.all_reduce(sums)
             summary = summarize_metrics(dict(zip(METRIC_KEYS, sums.tolist())), tc.global_batch_size * logged_steps)
@@ -460,7 +471,14 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
             sums.zero_()
             grad_norm_sum.zero_()
             logged_steps = 0
-        if eval_head is not None and (step % tc.eval_interval_steps == 0 or step == total_steps):
+        # A stop request (SIGTERM/SIGINT) is acted on by every rank at the same step: at once with one
+        # process, at the next log step with several (where they agree on it).
+        stopping = stop.requested if world_size == 1 else log_due and stop.agreed(device)
+        eval_due = eval_head is not None and (step % tc.eval_interval_steps == 0 or step == total_steps)
+        save_due = (tc.checkpoint_interval_steps and step % tc.checkpoint_interval_steps == 0) or step == total_steps
+        if log_due or eval_due or save_due or stopping:
+            check_finite(first_bad_step, run_dir)
+        if eval_due:
             eval_head.load_state_dict(head.state_dict())
             if ema is not None:
                 ema.copy_to(eval_head)
@@ -469,13 +487,42 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int) -> N
                 logger.log({"step": step, **results})
                 bar.write(f"step {step}: eval exact {results['eval/exact_accuracy']:.4f} token {results['eval/accuracy']:.4f} "
                           f"({int(results['eval/count'])} puzzles{', EMA' if ema else ''})")
-        if (tc.checkpoint_interval_steps and step % tc.checkpoint_interval_steps == 0) or step == total_steps:
+        if save_due or stopping:
             save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size)
 
     if rank == 0:
         bar.close()
-        logger.finish()
-        print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
+        if stopping and step < total_steps:
+            print(f"stopped by {stop.signal_name} after step {step}: {run_dir}/{shard_name(step, 0)} written; continue with "
+                  f"the same command plus resume=true" + ("" if tc.run_name or tc.checkpoint_path else f" run_name={run_name}"),
+                  file=sys.stderr)
+        else:
+            print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
+
+
+def check_finite(first_bad_step: torch.Tensor, run_dir: str) -> None:
+    """Stop a diverged run before it evaluates or saves anything: the last checkpoint stays the last good one."""
+    bad = int(first_bad_step.item())
+    if bad:
+        latest = latest_checkpoint(run_dir)
+        raise RunError(f"step {bad}: the loss or gradient norm is not finite (NaN or inf); the run stopped without "
+                       f"saving, its last checkpoint is {latest or 'none'} (lower lr, or check the data)")
+
+
+def claim_run_folder(run_dir: str, rank: int, world_size: int, cleanup: contextlib.ExitStack) -> None:
+    """Rank 0 locks the run folder for the run's life (every rank stops if another run holds it)."""
+    refusal = None
+    if rank == 0:
+        try:
+            cleanup.callback(RunLock(run_dir).acquire().release)
+        except RunError as e:
+            refusal = str(e)
+    if world_size > 1:
+        box = [refusal]
+        dist.broadcast_object_list(box, src=0)
+        refusal = box[0]
+    if refusal:
+        raise RunError(refusal)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         config_name, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
         cfg = compose_train_config(config_name, overrides)
         train(cfg, config_name)
-    except (ConfigError, DatasetError, CheckpointError) as e:
+    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
         return 2

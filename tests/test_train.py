@@ -62,7 +62,7 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path
                           "checkpoint_interval_steps=2", "eval_interval_steps=null")]) == 0
     with open(run / "latest") as f:
         assert f.read().strip() == "step_3.pt"
-    assert sorted(os.listdir(run)) == ["config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt"]
+    assert sorted(os.listdir(run)) == [".lock", "config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt"]
     ckpt = torch.load(run / "step_3.pt", weights_only=True)
     assert ckpt["format"] == "eqr/1" and ckpt["step"] == 3 and ckpt["world_size"] == 1
     assert {f.name for f in fields(ModelConfig)} <= set(ckpt["config"]["arch"])

@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A model, training or evaluation setting that cannot work; the message names the key."""
+
+
+class RunError(RuntimeError):
+    """A run that must stop (its folder is in use, its metrics are damaged, its loss diverged); names the file or step."""

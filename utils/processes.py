@@ -7,6 +7,8 @@ as processes; anything that cannot work is refused before a process group exists
 process is left waiting for a peer that will never come.
 """
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -120,3 +122,40 @@ def should_report(error: Exception) -> bool:
     if not isinstance(error, ProcessSetupError):
         return True
     return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+class StopRequests:
+    """Within this block SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) are requests to stop:
+    the training loop finishes its step, writes a checkpoint and exits 0. A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank was asked to stop (a collective: every rank must call it at the same step)."""
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag)
+        if flag.item() and self.signal_name is None:
+            self.signal_name = "a stop request to another rank"
+        return bool(flag.item())

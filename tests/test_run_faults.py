@@ -1,0 +1,161 @@
+"""A training run under hostile conditions loses nothing already on disk and never fails silently:
+a second writer, a torn metrics line, divergence, preemption (SIGTERM)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pretrain
+from test_train import ROOT, overrides, read_metrics, sudoku_path, train_losses  # noqa: F401 (fixture)
+from utils.run_folder import RunLock, read_metrics as read_records, strict_json
+
+TRM = ["--config-name", "train/trm_sudoku", "eval_interval_steps=null", "log_interval_steps=1"]
+
+
+def start(args) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert os.path.exists(path), f"{path} never appeared; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+
+
+def one_error_line(capsys, at_start: bool = True) -> str:
+    """The one `error:` line; a run refused at start prints nothing else (but warnings)."""
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1 and (not at_start or len(err) == 1), err
+    return errors[0]
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(sudoku_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = start([*TRM, *overrides(sudoku_path, run, "max_steps=100000", "checkpoint_interval_steps=100000")])
+    try:
+        wait_for(run / "metrics.jsonl", first)
+        assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=5")]) == 2
+        line = one_error_line(capsys)
+        assert f"in use by pid {first.pid}" in line and "two runs cannot share a run folder" in line
+        assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=5", "resume=true")]) == 2
+        assert f"in use by pid {first.pid}" in one_error_line(capsys)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    steps = [m["step"] for m in read_metrics(run)]
+    assert steps == sorted(set(steps))  # one writer's lines only
+    RunLock(str(run)).acquire().release()  # the kernel dropped the dead holder's lock
+
+
+def test_a_fresh_start_never_appends_to_an_earlier_runs_metrics(sudoku_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "train/lm_loss": 2.0}\n')
+    assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=2")]) == 2
+    assert "holds metrics.jsonl of an earlier run" in one_error_line(capsys)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1, "train/lm_loss": 2.0}\n'
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(sudoku_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=4", "checkpoint_interval_steps=2")]) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lm_lo')  # a kill or a full disk in the middle of an append
+    assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=6", "checkpoint_interval_steps=2",
+                                           "resume=true")]) == 0
+    assert "dropped a torn last line" in capsys.readouterr().err
+    assert [m["step"] for m in read_metrics(run)] == [1, 2, 3, 4, 5, 6]  # every line parses
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(pretrain.RunError, match="line 2 is not a metrics record"):
+        read_records(str(run / "metrics.jsonl"))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(sudoku_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=4", "checkpoint_interval_steps=2")]) == 0
+    good = (run / "step_4.pt").read_bytes()
+    capsys.readouterr()
+    rc = pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=12", "checkpoint_interval_steps=2", "lr=1e6",
+                                         "lr_warmup_steps=0", "resume=true")])
+    line = one_error_line(capsys, at_start=False)
+    assert rc == 2 and "the loss or gradient norm is not finite" in line and "step_4.pt" in line
+    assert (run / "latest").read_text().strip() == "step_4.pt" and (run / "step_4.pt").read_bytes() == good
+    assert sorted(p.name for p in run.glob("step_*.pt")) == ["step_2.pt", "step_4.pt"]
+    with open(run / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]  # strict JSON: json.loads rejects nothing, and no bare NaN
+    assert any(r.get("train/grad_norm") is None for r in records)
+
+
+def test_strict_json_writes_null_for_non_finite_numbers():
+    assert strict_json({"step": 3, "a": float("nan"), "b": [float("inf"), 1.5]}) == '{"step": 3, "a": null, "b": [null, 1.5]}'
+
+
+def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_run(sudoku_path, tmp_path):
+    common = ["--config-name", "train/eqr_sudoku", "max_steps=60", "log_interval_steps=1", "checkpoint_interval_steps=1000",
+              "eval_interval_steps=null", "lr=1e-3", "lr_warmup_steps=5"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert start([*common, *overrides(sudoku_path, full)]).wait() == 0
+
+    proc = start([*common, *overrides(sudoku_path, stopped)])
+    wait_for(stopped / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    err = proc.stderr.read()
+    assert "stopped by SIGTERM after step" in err and "resume=true" in err
+    at = int((stopped / "latest").read_text().strip().removeprefix("step_").removesuffix(".pt"))
+    assert at < 60, "the run finished before the signal"
+
+    resumed = start([*common, *overrides(sudoku_path, stopped), "resume=true"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert train_losses(stopped) == train_losses(full)  # exact float equality, step for step
+
+
+def test_sigterm_to_every_process_of_a_torchrun_job_checkpoints_all_ranks(sudoku_path, tmp_path):
+    """A scheduler preempting a job signals every process; the ranks agree on the step at which they stop."""
+    run = tmp_path / "run"
+    args = [*TRM, *overrides(sudoku_path, run, "max_steps=100000", "checkpoint_interval_steps=100000"), "log_interval_steps=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "pretrain.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        wait_for(run / "metrics.jsonl", job)
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=120)
+        err = job.stderr.read()
+    finally:
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert "stopped by SIGTERM after step" in err, err[-3000:]
+    name = (run / "latest").read_text().strip()
+    step = int(name.removeprefix("step_").removesuffix(".pt"))
+    assert step % 2 == 0 and (run / f"step_{step}.rank1.pt").exists()
+    assert read_metrics(run)[-1]["step"] == step
+
+
+def test_evaluate_warns_about_non_finite_weights(tmp_path, capsys):
+    import torch
+
+    import evaluate
+    from test_eval_grid import EQR, build_model, write_checkpoint, write_data
+
+    head = build_model(EQR)
+    data = write_data(str(tmp_path / "data"), head, n=4)
+    with torch.no_grad():
+        head.model.inner.lm_head.weight[0, 0] = float("nan")
+    ckpt = write_checkpoint(str(tmp_path / "step_1.pt"), head, data)
+    assert evaluate.main([f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", "device=cpu", "progress=false",
+                          "plots=false", "depths=[1]"]) == 0
+    assert "weight tensor(s) hold NaN or inf (model.inner.lm_head.weight first)" in capsys.readouterr().err

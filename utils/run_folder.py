@@ -1,0 +1,90 @@
+"""Two shared files of a training run folder: the writer's lock and metrics.jsonl.
+
+One writer per folder: `RunLock` holds an exclusive flock on `<run>/.lock` for the run's life, so a
+second run pointed at the same folder (the same run_name, or two default names from the same
+second) stops at start, naming the holder. The kernel drops the lock when the holder dies, so a
+killed run never leaves the folder locked. (flock works on local disks; on NFS it needs the
+server's lock support.)
+
+metrics.jsonl is strict JSON, one object per line (non-finite numbers are written as null). A line
+torn by a kill or a full disk can only be the last one; reading drops it with a warning.
+"""
+import fcntl
+import json
+import math
+import os
+import socket
+import sys
+import time
+
+from utils.errors import RunError
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.fd = None
+
+    def acquire(self) -> "RunLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{os.path.dirname(self.path)}: in use by {holder}; two runs cannot share a run folder "
+                           f"(pass another run_name or checkpoint_path)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def strict_json(record: dict) -> str:
+    """One JSON line; NaN and infinities become null (json.dumps would write bare NaN, which is not JSON)."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps(clean(record), allow_nan=False)
+
+
+def append_metrics(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(strict_json(record) + "\n")
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The records of metrics.jsonl; a torn last line is dropped with a warning, a damaged earlier one is an error."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("no integer step")
+            records.append(record)
+        except ValueError:
+            if any(rest.strip() for rest in lines[number:]):
+                raise RunError(f"{path}: line {number} is not a metrics record; the file is damaged") from None
+            print(f"warning: {path}: dropped a torn last line ({len(line)} bytes; the run was cut off while writing it)",
+                  file=sys.stderr)
+    return records
