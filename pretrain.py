@@ -20,6 +20,7 @@ import contextlib
 import copy
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from config import compose_config
 from dataset.common import DatasetError, load_metadata
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
-from models.checkpoint import CheckpointError, atomic_save, atomic_write, safe_load
+from models.checkpoint import CheckpointError, atomic_save, atomic_write, check_archive, safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
@@ -222,6 +223,26 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return path
 
 
+def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> str:
+    """`latest`, or, when one of its shards is damaged or missing, the newest older step whose every shard
+    passes its CRC check (with a warning); none intact is an error."""
+    latest_step = int(os.path.basename(latest).removeprefix("step_").removesuffix(".pt"))
+    steps = sorted((int(m.group(1)) for name in os.listdir(run_dir) if (m := re.fullmatch(r"step_(\d+)\.pt", name))
+                    and int(m.group(1)) <= latest_step), reverse=True)
+    problem = None
+    for step in steps:
+        try:
+            for r in range(world_size):
+                check_archive(os.path.join(run_dir, shard_name(step, r)))
+        except CheckpointError as e:
+            problem = problem or str(e)
+            continue
+        if step != latest_step and rank == 0:
+            print(f"warning: {problem}; resuming from the newest intact checkpoint, {shard_name(step, 0)}", file=sys.stderr)
+        return os.path.join(run_dir, shard_name(step, 0))
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume ({problem})")
+
+
 def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world_size):
     """Restores weights, EMA, optimizer and this rank's loader position; returns (step, carry dict, rng state)."""
     ckpt = safe_load(path)
@@ -375,11 +396,12 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, clea
     cfg["run_name"] = run_name
     run_dir = tc.checkpoint_path or os.path.join("checkpoints", tc.project_name, run_name)
     claim_run_folder(run_dir, rank, world_size, cleanup)
-    resume_from = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-    if tc.resume and resume_from is None:
+    latest = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if tc.resume and latest is None:
         raise CheckpointError(f"{run_dir}: no checkpoint to resume (resume=true needs a run with a `latest` file)")
-    if not tc.resume and resume_from is not None:
+    if not tc.resume and latest is not None:
         raise CheckpointError(f"{run_dir}: already holds checkpoints; pass resume=true or another run_name")
+    resume_from = intact_checkpoint(run_dir, latest, world_size, rank) if tc.resume else None
     if not tc.resume and os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
         raise CheckpointError(f"{run_dir}: holds metrics.jsonl of an earlier run but no checkpoint to resume; "
                               f"pass another run_name (or remove that file)")

@@ -70,10 +70,22 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def check_archive(path: str) -> None:
+    """Verify every CRC of a checkpoint in torch's zip format (torch.load checks none of them)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)}); is the file complete?") from None
+    if damaged:
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
+
+
 def safe_load(path: str, map_location="cpu") -> dict:
-    """Load a checkpoint that holds only tensors and plain types; anything else is refused."""
+    """Load a checkpoint that holds only tensors and plain types, its CRCs checked; anything else is refused."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    check_archive(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -164,15 +176,8 @@ def read_checkpoint(path: str, trust_checkpoint: bool = False) -> tuple[dict, st
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic.startswith(b"PK\x03\x04"):  # torch's zip format; torch.load does not check the CRCs, so do it here
-        try:
-            with zipfile.ZipFile(path) as archive:
-                damaged = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)}); is the file complete?") \
-                from None
-        if damaged:
-            raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
+    if magic.startswith(b"PK\x03\x04"):
+        check_archive(path)
     elif not magic.startswith(b"\x80"):  # nor a (legacy torch) pickle
         raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
     if trust_checkpoint:

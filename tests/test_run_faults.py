@@ -159,3 +159,26 @@ def test_evaluate_warns_about_non_finite_weights(tmp_path, capsys):
     assert evaluate.main([f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", "device=cpu", "progress=false",
                           "plots=false", "depths=[1]"]) == 0
     assert "weight tensor(s) hold NaN or inf (model.inner.lm_head.weight first)" in capsys.readouterr().err
+
+
+def test_resume_skips_a_damaged_latest_checkpoint(sudoku_path, tmp_path, capsys):
+    """A flipped byte in `latest`'s file: resume warns, continues from the newest intact one, and repeats
+    the run that never had the damage."""
+    full, damaged = tmp_path / "full", tmp_path / "damaged"
+    args = ["checkpoint_interval_steps=2", "lr=1e-3"]
+    assert pretrain.main([*TRM, *overrides(sudoku_path, full, "max_steps=6", *args)]) == 0
+    assert pretrain.main([*TRM, *overrides(sudoku_path, damaged, "max_steps=4", *args)]) == 0
+    data = bytearray((damaged / "step_4.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "step_4.pt").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert pretrain.main([*TRM, *overrides(sudoku_path, damaged, "max_steps=6", *args, "resume=true")]) == 0
+    err = capsys.readouterr().err
+    assert "step_4.pt: corrupt checkpoint (checksum mismatch" in err and "resuming from the newest intact checkpoint, step_2.pt" in err
+    assert train_losses(damaged) == train_losses(full)
+
+    for name in ("step_2.pt", "step_6.pt"):
+        (damaged / name).write_bytes(b"PK\x03\x04 cut short")
+    (damaged / "step_4.pt").unlink()
+    assert pretrain.main([*TRM, *overrides(sudoku_path, damaged, "max_steps=8", *args, "resume=true")]) == 2
+    assert "no intact checkpoint to resume" in one_error_line(capsys)
