@@ -26,6 +26,7 @@ from evaluation.grid import GridSpec, fingerprint, load_partial, partial_path, r
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import CheckpointError, load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
+from utils.errors import RunError
 from utils.processes import close_processes, setup_processes, should_report
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
@@ -175,6 +176,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     num_batches = num_test_batches(data_path, global_batch_size, cfg.split, max_examples)
     examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])
     examples = min(examples, max_examples) if max_examples else examples
+    if examples == 0:
+        raise ConfigError(f"data_path: {data_path}/{cfg.split} holds no puzzles; there is nothing to evaluate")
 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
@@ -191,6 +194,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         state = load_partial(own_partial, identity)
         counts += state["counts"].to(device)
         start_batch, seconds_before, depth_seconds = state["next_batch"], state["seconds"], state["depth_seconds"]
+    elif os.path.isfile(os.path.join(output_dir, "results.json")):
+        raise ConfigError(f"output_dir: {output_dir} holds the results of a finished evaluation; choose another output_dir")
     elif not cfg.resume and os.path.isdir(os.path.dirname(own_partial)) and os.listdir(os.path.dirname(own_partial)):
         raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished sweep; "
                           f"pass resume=true to continue it or choose another output_dir")
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(compose_config("cfg_eval", argv))
         processes = setup_processes(cfg.device)
         evaluate(cfg, processes.rank, processes.world_size, processes.device)
-    except (ConfigError, DatasetError, CheckpointError) as e:
+    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,14 +32,15 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from config import compose_config
-from dataset.common import DatasetError, load_metadata
+from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
-from models.checkpoint import CheckpointError, atomic_save, atomic_write, check_archive, safe_load
+from models.checkpoint import CheckpointError, check_archive, safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
 from utils.errors import RunError
+from utils.files import atomic_save, atomic_write, remove_stale_temp_files
 from utils.processes import StopRequests, close_processes, setup_processes, should_report
 from utils.run_folder import RunLock, append_metrics, read_metrics, strict_json
 
@@ -124,6 +125,17 @@ def model_config_for(arch: dict, data_path: str) -> ModelConfig:
             raise ConfigError(f"arch.{key}: set to {arch[key]} but the dataset {data_path} has {key} {getattr(meta, key)}")
     given = {k: v for k, v in arch.items() if k not in ("seq_len", "vocab_size")}
     return ModelConfig.from_dict(given, seq_len=meta.seq_len, vocab_size=meta.vocab_size)
+
+
+def check_test_split(data_path: str) -> None:
+    """Read the test split at start, every value checked, so that a bad one stops the run before step 1
+    rather than at its first evaluation."""
+    train = load_metadata(data_path, "train")
+    test, _ = load_split(data_path, "test", check_values=True)
+    for key in ("seq_len", "vocab_size"):
+        if getattr(test, key) != getattr(train, key):
+            raise DatasetError(f"{os.path.join(data_path, 'test', 'dataset.json')}: {key} {getattr(test, key)}, "
+                               f"but the training split has {getattr(train, key)}")
 
 
 def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
@@ -386,6 +398,8 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, clea
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
     has_test = os.path.isfile(os.path.join(tc.data_path, "test", "dataset.json"))
+    if has_test:
+        check_test_split(tc.data_path)
 
     # Run folder: every rank needs the same name, and the default one holds a timestamp.
     run_name = tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -539,6 +553,9 @@ def claim_run_folder(run_dir: str, rank: int, world_size: int, cleanup: contextl
             cleanup.callback(RunLock(run_dir).acquire().release)
         except RunError as e:
             refusal = str(e)
+        else:  # the folder is ours: temp files in it are from writers that were killed
+            for path in remove_stale_temp_files(run_dir):
+                print(f"warning: removed {path}, left by an interrupted write", file=sys.stderr)
     if world_size > 1:
         box = [refusal]
         dist.broadcast_object_list(box, src=0)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from evaluation import selection
-from models.checkpoint import atomic_save
+from utils.files import atomic_save
 from models.eqr import ConfigError
 from models.losses import IGNORE_LABEL_ID
 

@@ -10,7 +10,7 @@ import os
 
 from evaluation import selection
 from evaluation.grid import FIELDS, GridSpec
-from models.checkpoint import atomic_write
+from utils.files import atomic_write
 
 RULE_TEXT = {
     "traj1": "trajectory 1 (B=1 answer)",

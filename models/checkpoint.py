@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe reads, and the model evaluation should use.
+"""Checkpoint files: safe reads, and the model evaluation should use (writes: utils/files.py).
 
 A training checkpoint written by pretrain.py is a dict of tensors and plain types only
 (so it loads with `torch.load(weights_only=True)`):
@@ -22,10 +22,8 @@ through the Hugging Face cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honou
 """
 import codecs
 import hashlib
-import io
 import os
 import pickle
-import tempfile
 import types
 import zipfile
 from collections import OrderedDict
@@ -39,30 +37,6 @@ from models.losses import ACTLossHead
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Write `data` to a temp file in the same folder, then rename: the file is whole or absent."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save through atomic_write."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getbuffer())
 
 
 def _first_line(e: BaseException) -> str:

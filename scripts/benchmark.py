@@ -35,7 +35,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from evaluation.keyed_rng import KeyedSampler  # noqa: E402
-from models.checkpoint import atomic_write  # noqa: E402
+from utils.errors import RunError  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.eqr import ModelConfig, RecurrentReasoner  # noqa: E402
 from models.layers import find_multiple, trunc_normal_  # noqa: E402
@@ -407,7 +408,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except BenchmarkError as e:
+    except (BenchmarkError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

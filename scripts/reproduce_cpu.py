@@ -476,7 +476,8 @@ def plot_all(res: dict) -> list:
 def export_shipped(res: dict) -> dict:
     """Slim copies of the final EqR checkpoints (no optimizer, carry, RNG or loader state)."""
     import torch
-    from models.checkpoint import atomic_save, load_for_eval
+    from models.checkpoint import load_for_eval
+    from utils.files import atomic_save
 
     shipped = {}
     for run_name, dest in SHIPPED.items():

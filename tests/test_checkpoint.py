@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, atomic_save, load_for_eval, read_checkpoint, safe_load, strip_orig_mod
+from models.checkpoint import CheckpointError, load_for_eval, read_checkpoint, safe_load, strip_orig_mod
+from utils.files import atomic_save
 from models.ema import EMA
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead

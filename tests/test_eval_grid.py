@@ -12,7 +12,7 @@ import evaluate
 from dataset.common import single_example_split, write_dataset
 from evaluation.grid import FIELDS, GridSpec, run_batch
 from evaluation.keyed_rng import KeyedSampler
-from models.checkpoint import atomic_save
+from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.layers import trunc_normal_
 from models.losses import IGNORE_LABEL_ID, ACTLossHead

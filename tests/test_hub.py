@@ -11,7 +11,8 @@ import sys
 import pytest
 from huggingface_hub.file_download import repo_folder_name
 
-from models.checkpoint import CheckpointError, atomic_save, load_for_eval, parse_hf_uri, resolve_checkpoint_path
+from models.checkpoint import CheckpointError, load_for_eval, parse_hf_uri, resolve_checkpoint_path
+from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
 

@@ -182,3 +182,39 @@ def test_resume_skips_a_damaged_latest_checkpoint(sudoku_path, tmp_path, capsys)
     (damaged / "step_4.pt").unlink()
     assert pretrain.main([*TRM, *overrides(sudoku_path, damaged, "max_steps=8", *args, "resume=true")]) == 2
     assert "no intact checkpoint to resume" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("label", "labels.npy: token ids must lie in [0, 11)"),
+    ("vocab", "test/dataset.json: vocab_size 12, but the training split has 11"),
+    ("maze", "test/dataset.json: seq_len 121, but the training split has 81"),
+])
+def test_a_bad_test_split_stops_the_run_before_step_1(sudoku_path, tmp_path, capsys, damage, expected):
+    import shutil
+
+    import numpy as np
+
+    from dataset import build_maze_unique_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(sudoku_path, data)
+    test = data / "test"
+    if damage == "label":
+        labels = next(test.glob("*__labels.npy"))
+        array = np.load(labels)
+        array[-1, 0] = 11  # one out-of-vocabulary label at the very end
+        np.save(labels, array)
+    elif damage == "vocab":
+        meta = json.loads((test / "dataset.json").read_text())
+        (test / "dataset.json").write_text(json.dumps({**meta, "vocab_size": 12}))
+    else:
+        maze = tmp_path / "maze"
+        build_maze_unique_dataset.main(["--grid-size", "11", "--train-samples", "4", "--test-samples", "4",
+                                        "--min-path-length", "8", "--max-path-length", "24", "--output-dir", str(maze)])
+        shutil.rmtree(test)
+        shutil.copytree(maze / "test", test)
+        capsys.readouterr()  # the builder's progress
+    run = tmp_path / "run"
+    assert pretrain.main([*TRM, *overrides(str(data), run, "max_steps=2")]) == 2
+    assert expected in one_error_line(capsys)
+    assert not run.exists() or not list(run.glob("step_*"))

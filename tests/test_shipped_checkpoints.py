@@ -13,7 +13,8 @@ import torch
 
 import evaluate
 from dataset import build_maze_unique_dataset, build_sudoku_dataset
-from models.checkpoint import atomic_save, load_for_eval
+from models.checkpoint import load_for_eval
+from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
 

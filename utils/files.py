@@ -1,0 +1,62 @@
+"""Writing files so that a reader never sees half of one: write a temp file beside it, then rename.
+
+A kill leaves at most a `.tmp-*` file behind, never a torn target; `remove_stale_temp_files`
+clears those once the folder's one writer holds it. Files get the mode any new file gets here
+(0666 less the umask), so others on shared storage can read checkpoints and results.
+"""
+import glob
+import io
+import os
+import tempfile
+
+import torch
+
+from utils.errors import RunError
+
+TEMP_PREFIX = ".tmp-"
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write `data` to a temp file in the same folder, then rename: the file is whole or absent.
+    A failed write (a full disk, a lost mount) is a RunError naming the file; what was there stays."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _new_file_mode())  # mkstemp makes 0600
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RunError(f"{path}: could not write ({e.strerror or e}); the file on disk, if any, is unchanged") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save through atomic_write."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer())
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Remove the temp files that killed writers left in `folder`; call only while holding the folder."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), TEMP_PREFIX + "*")):
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
