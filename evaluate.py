@@ -28,6 +28,7 @@ from models.checkpoint import CheckpointError, load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.errors import RunError
 from utils.processes import close_processes, setup_processes, should_report
+from utils.typecheck import check_range, check_types
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
 
@@ -61,10 +62,10 @@ class EvalConfig:
     progress: bool
 
     def __post_init__(self):
+        check_types(self)
+        check_range("", "save_every_seconds", self.save_every_seconds, low=0, low_open=True)
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
-        if self.compile is not None and not isinstance(self.compile, bool):
-            raise ConfigError(f"compile: expected true, false or null (null: on CUDA only), got {self.compile!r}")
         if self.rng not in ("keyed", "torch"):
             raise ConfigError(f"rng: expected keyed or torch, got {self.rng!r}")
         for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps"):

@@ -43,6 +43,7 @@ from utils.errors import RunError
 from utils.files import atomic_save, atomic_write, remove_stale_temp_files
 from utils.processes import StopRequests, close_processes, setup_processes, should_report
 from utils.run_folder import RunLock, append_metrics, read_metrics, strict_json
+from utils.typecheck import check_range, check_types
 
 CHECKPOINT_FORMAT = "eqr/1"
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
@@ -82,6 +83,12 @@ class TrainConfig:
     wandb_mode: str | None
 
     def __post_init__(self):
+        check_types(self)
+        check_range("", "lr", self.lr, low=0, low_open=True)
+        check_range("", "lr_min_ratio", self.lr_min_ratio, 0, 1)
+        for key in ("beta1", "beta2", "ema_rate"):
+            check_range("", key, getattr(self, key), 0, 1, high_open=True)
+        check_range("", "weight_decay", self.weight_decay, low=0)
         for key in ("global_batch_size", "epochs", "log_interval_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
@@ -93,8 +100,6 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup_steps: expected an integer >= 0, got {self.lr_warmup_steps!r}")
         if not isinstance(self.data_path, str) or not self.data_path:
             raise ConfigError(f"data_path: expected a dataset folder, got {self.data_path!r}")
-        if self.compile is not None and not isinstance(self.compile, bool):
-            raise ConfigError(f"compile: expected true, false or null (null: on CUDA only), got {self.compile!r}")
         if self.wandb_mode not in (None, "online", "offline", "disabled"):
             raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
         if self.resume and not self.run_name and not self.checkpoint_path:

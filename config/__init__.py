@@ -1,5 +1,6 @@
 """Hydra composition for the entry points (pretrain.py, evaluate.py): config/ -> a plain dict."""
 import os
+import re
 
 from omegaconf import OmegaConf
 
@@ -19,5 +20,9 @@ def compose_config(config_name: str, overrides: list[str]) -> dict:
             cfg = compose(config_name=config_name, overrides=overrides)
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as e:
+        unknown = re.match(r"Could not override '([^']+)'", str(e))
+        if unknown:  # Hydra's hint (`+key=...`) would only be refused as an unknown key in turn
+            raise ConfigError(f"{unknown.group(1)}: unknown config key (the known ones are in "
+                              f"config/{config_name}.yaml and the defaults it names)") from None
         text = str(e).split("Config search path")[0]
         raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None

@@ -21,6 +21,7 @@ from torch import nn
 from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
                            trunc_normal_)
 from utils.errors import ConfigError
+from utils.typecheck import check_range, check_types
 
 # Keys that the reference's arch config carries but that do not shape the model here.
 REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continue", "disable_act_halt",
@@ -57,6 +58,12 @@ class ModelConfig:
     def __post_init__(self):
         def fail(key, msg):
             raise ConfigError(f"arch.{key}: {msg}")
+
+        check_types(self, prefix="arch.")
+        for key in ("expansion", "rope_theta", "rms_norm_eps"):
+            check_range("arch.", key, getattr(self, key), low=0, low_open=True)
+        for key in ("H_init_std", "L_init_std"):
+            check_range("arch.", key, getattr(self, key), low=0)
 
         for key in ("seq_len", "vocab_size", "hidden_size", "num_heads", "L_layers", "H_cycles", "halt_max_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:

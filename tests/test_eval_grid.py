@@ -271,7 +271,9 @@ def test_evaluate_single_cell_matches_the_grid(run_files, tmp_path):
     (["data_path=/nonexistent"], "dataset.json"),
     (["global_batch_size=3", "halt_max_steps=1"], None),
     (["no_such_key=1"], "no_such_key"),
-    (["compile=maybe"], "compile: expected true, false or null"),
+    (["compile=maybe"], "compile: expected true/false or null"),
+    (["halt=1"], "halt: expected true/false, got 1"),
+    (["halt_threshold=abc"], "halt_threshold: expected a number"),
     (["device=tpu"], "device: expected cpu, cuda or cuda:N"),
 ])
 def test_evaluate_bad_input_is_one_line_and_exit_2(run_files, tmp_path, capsys, args, message):

@@ -105,7 +105,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudok
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["foo=1"], "foo"),
+    (["foo=1"], "foo: unknown config key"),
     (["+foo=1"], "foo: unknown config key"),
     (["arch.hiden_size=64"], "arch.hiden_size"),
     (["+arch.hiden_size=64"], "arch.hiden_size: unknown model option"),
@@ -115,8 +115,18 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudok
     (["global_batch_size=0"], "global_batch_size: expected a positive integer"),
     (["resume=true", "checkpoint_path=null"], "resume: needs run_name"),
     (["arch.loss.loss_type=mse"], "arch.loss.loss_type"),
-    (["compile=maybe"], "compile: expected true, false or null"),
-    (["compile=1"], "compile: expected true, false or null"),
+    (["compile=maybe"], "compile: expected true/false or null, got 'maybe'"),
+    (["compile=1"], "compile: expected true/false or null, got 1"),
+    (["lr=abc"], "lr: expected a number, got 'abc'"),
+    (["beta1=abc"], "beta1: expected a number"),
+    (["weight_decay=abc"], "weight_decay: expected a number"),
+    (["lr_min_ratio=abc"], "lr_min_ratio: expected a number"),
+    (["arch.lambda_=abc"], "arch.lambda_: expected a number, got 'abc'"),
+    (["arch.mlp_t=maybe"], "arch.mlp_t: expected true/false"),
+    (["ema=maybe"], "ema: expected true/false, got 'maybe'"),
+    (["resume=maybe"], "resume: expected true/false"),
+    (["ema_rate=2"], "ema_rate: expected a value in [0, 1), got 2"),
+    (["lr=-1"], "lr: expected a value in (0, inf), got -1"),
 ])
 def test_bad_config_fails_at_start_with_one_line(sudoku_path, tmp_path, capsys, extra, expected):
     rc = pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, tmp_path / "run"), *extra])
