@@ -22,12 +22,13 @@ from config import compose_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import report
-from evaluation.grid import GridSpec, fingerprint, load_partial, partial_path, run_batch, save_partial
+from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
+                             save_partial)
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import CheckpointError, load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.errors import RunError
-from utils.processes import close_processes, setup_processes, should_report
+from utils.processes import close_processes, free_memory, setup_processes, should_report
 from utils.typecheck import check_range, check_types
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
@@ -132,6 +133,20 @@ def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
                     window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold))
 
 
+def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device) -> None:
+    """Refuse, before allocating, a batch x breadth whose latents alone exceed the free memory."""
+    free = free_memory(device)
+    per_puzzle = memory_lower_bound(model_config, spec.max_breadth)
+    need = per_puzzle * (global_batch_size // world_size)
+    if free is None or need <= free:
+        return
+    fits = free // per_puzzle * world_size
+    advice = (f"the largest global_batch_size that could fit is {fits}" if fits >= world_size else
+              f"even one puzzle per process does not fit at breadth {spec.max_breadth}; lower the breadth")
+    raise ConfigError(f"global_batch_size: {global_batch_size} puzzles x {spec.max_breadth} trajectories need at least "
+                      f"{need / 2**30:.1f} GiB per process, {free / 2**30:.1f} GiB is free on {device}; {advice}")
+
+
 def make_sampler(cfg: EvalConfig, seed: int, batch: dict, breadth: int):
     if cfg.rng == "torch":
         return TorchSampler()
@@ -173,6 +188,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         raise ConfigError(f"global_batch_size: {global_batch_size} does not split over {world_size} processes")
     seed = cfg.seed if cfg.seed is not None else int(train_setting(train_config, "seed") or 0)
     spec = grid_spec(cfg, model_config)
+    check_memory(model_config, spec, global_batch_size, world_size, device)
     max_examples = cfg.max_eval_steps * global_batch_size if cfg.max_eval_steps else None
     num_batches = num_test_batches(data_path, global_batch_size, cfg.split, max_examples)
     examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])

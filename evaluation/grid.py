@@ -92,6 +92,15 @@ class GridSpec:
         return asdict(self)
 
 
+def memory_lower_bound(config, rows: int) -> int:
+    """Bytes one process needs at least to run `rows` trajectories: the latents (z_H, z_L) and the next
+    step's, and the current and previous logits in float32. Activations come on top, so a run that
+    fails this cannot fit; one that passes may still not."""
+    latents = 4 * config.seq_len * config.hidden_size * config.dtype.itemsize
+    logits = 2 * config.seq_len * config.vocab_size * 4
+    return rows * (latents + logits)
+
+
 # ----------------------------------------------------------------------------- tallies of one depth
 
 def _answer_counts(breadths, real, n_labels, exact, tokens, preds, steps, blocks_per_step):

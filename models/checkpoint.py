@@ -353,11 +353,12 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
         raise CheckpointError(f"{path}: overrides.{sorted(unknown)[0]} is not a model option")
     try:
         config = ModelConfig.from_dict(fields, strict=ours, **(overrides or {}))
-        model = ACTLossHead(RecurrentReasoner(config), loss_type)
+        with torch.device("meta"):  # shapes only: a config that does not fit its tensors allocates nothing
+            skeleton = ACTLossHead(RecurrentReasoner(config), loss_type)
     except (ConfigError, ValueError) as e:
         raise CheckpointError(f"{path}: {_first_line(e)}") from None
-
-    _check_fits(path, model, weights, shadow_names)
+    _check_fits(path, skeleton, weights, shadow_names)
+    model = ACTLossHead(RecurrentReasoner(config), loss_type)
     model.load_state_dict(weights, strict=True)
     model.eval()
     info = {

@@ -81,3 +81,30 @@ def test_evaluate_refuses_an_empty_split(eval_files, tmp_path, capsys):
                           "device=cpu", "progress=false"]) == 2
     assert "holds no puzzles" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_whose_config_does_not_fit_its_tensors_allocates_nothing(eval_files, tmp_path, capsys):
+    """A 2 KB file claiming hidden_size 4,000,000: one line, before any weight is allocated (341 TB otherwise)."""
+    import torch
+
+    from utils.files import atomic_save
+
+    data, ckpt = eval_files
+    original = torch.load(ckpt, weights_only=True)
+    huge = dict(original, config={**original["config"], "arch": {**original["config"]["arch"], "hidden_size": 4_000_000}})
+    atomic_save(huge, str(tmp_path / "huge.pt"))
+    assert evaluate.main([f"checkpoint={tmp_path / 'huge.pt'}", f"data_path={data}", "device=cpu", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "architecture expects (4, 4000000)" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_breadth_that_cannot_fit_is_refused_with_the_batch_that_could(eval_files, tmp_path, capsys):
+    data, ckpt = eval_files
+    assert evaluate.main([f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", "device=cpu", "progress=false",
+                          "breadths=[1,100000000000]", "global_batch_size=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: global_batch_size: 4 puzzles x 100000000000 trajectories need at least")
+    assert "even one puzzle per process does not fit" in err and not (tmp_path / "out").exists()
+    assert evaluate.main([f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", "device=cpu", "progress=false",
+                          "breadths=[1,1000000]", "global_batch_size=1000000"]) == 2
+    assert "the largest global_batch_size that could fit is" in capsys.readouterr().err

@@ -112,6 +112,17 @@ def setup_processes(requested_device: str | None) -> Processes:
     return Processes(rank, world_size, local_rank, device)
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for this process's tensors: the GPU's free memory, or the machine's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def close_processes(processes: Processes | None) -> None:
     if processes is not None and processes.distributed and dist.is_initialized():
         dist.destroy_process_group()
