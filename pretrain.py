@@ -31,7 +31,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from config import compose_config
+from config import compose_train_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from models.checkpoint import CheckpointError, check_archive, safe_load
@@ -106,12 +106,6 @@ class TrainConfig:
             raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
         if not isinstance(self.arch.get("loss"), dict) or self.arch["loss"].get("loss_type") not in LOSSES:
             raise ConfigError(f"arch.loss.loss_type: expected one of {', '.join(LOSSES)}")
-
-
-def compose_train_config(config_name: str, overrides: list[str]) -> dict:
-    cfg = compose_config(config_name, overrides)
-    cfg["dataset"]["data_path"] = cfg["data_path"]  # keep the alias consistent in the saved config
-    return cfg
 
 
 def parse_train_config(cfg: dict) -> TrainConfig:

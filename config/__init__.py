@@ -26,3 +26,10 @@ def compose_config(config_name: str, overrides: list[str]) -> dict:
                               f"config/{config_name}.yaml and the defaults it names)") from None
         text = str(e).split("Config search path")[0]
         raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
+
+
+def compose_train_config(config_name: str, overrides: list[str]) -> dict:
+    """The training config (pretrain.py), with the reference's `dataset.data_path` kept equal to `data_path`."""
+    cfg = compose_config(config_name, overrides)
+    cfg["dataset"]["data_path"] = cfg["data_path"]  # keep the alias consistent in the saved config
+    return cfg

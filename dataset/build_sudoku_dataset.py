@@ -97,14 +97,9 @@ def _map(fn, items, workers: int, desc: str):
         return list(tqdm(pool.map(fn, items, chunksize=16), total=len(items), desc=desc, leave=False))
 
 
-def read_puzzle_file(path: str, workers: int = 1, need_ratings: bool = False) -> tuple[Puzzles, dict[str, int]]:
-    """Reads a CSV (header with a `q` column; optional `a` and `rating`) or a plain file of 81-character
-    puzzles. Missing solutions (and, when needed, ratings) come from the solver; puzzles with zero or
-    several solutions are dropped and counted in the returned stats."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found")
-    rows = _Rows(path)
-    with open(path, newline="") as f:
+def _read_rows(path: str, rows: "_Rows") -> None:
+    """Rows of a CSV (header with a `q` column) or of a plain file with one puzzle per line, into `rows`."""
+    with open(path, newline="", encoding="utf-8") as f:
         first = f.readline()
         f.seek(0)
         if "," in first:
@@ -126,6 +121,19 @@ def read_puzzle_file(path: str, workers: int = 1, need_ratings: bool = False) ->
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
                     rows.add(line_no, line.strip(), "", "")
+
+
+def read_puzzle_file(path: str, workers: int = 1, need_ratings: bool = False) -> tuple[Puzzles, dict[str, int]]:
+    """Reads a CSV (header with a `q` column; optional `a` and `rating`) or a plain file of 81-character
+    puzzles. Missing solutions (and, when needed, ratings) come from the solver; puzzles with zero or
+    several solutions are dropped and counted in the returned stats."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    rows = _Rows(path)
+    try:
+        _read_rows(path, rows)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start} cannot be decoded); save the file as UTF-8") from None
     if not rows.line_numbers:
         raise DatasetError(f"{path}: no puzzles found")
 

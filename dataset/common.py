@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_LABEL_ID = -100  # in-memory ignore value; on disk the ignore label is metadata.ignore_label_id (0)
+from utils.constants import IGNORE_LABEL_ID  # noqa: F401 (part of this module's interface)
+
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
 

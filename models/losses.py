@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.common import IGNORE_LABEL_ID
+from utils.constants import IGNORE_LABEL_ID
 from models.eqr import Carry
 
 

@@ -196,7 +196,7 @@ def step_flops(config: ModelConfig) -> dict:
 # ----------------------------------------------------------------------------- presets
 
 def load_preset(name: str, dtype: str | None) -> tuple[ModelConfig, dict]:
-    from pretrain import compose_train_config
+    from config import compose_train_config
 
     cfg = compose_train_config(f"train/{name}", [])
     meta_path = os.path.join(ROOT, cfg["data_path"], "train", "dataset.json")

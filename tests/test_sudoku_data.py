@@ -193,6 +193,15 @@ def test_bad_csv_gives_one_line_and_exit_2(tmp_path, capsys, bad_line, expected)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_csv_that_is_not_utf8_gives_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("source,q,a,rating\ncaf\u00e9,".encode("latin-1") + b"." * 81 + b",,0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        build_sudoku_dataset.main(["--output-dir", str(tmp_path / "out"), "--source-csv", str(path), "--test-csv", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == f"error: {path}: not UTF-8 text (byte 21 cannot be decoded); save the file as UTF-8"
+
+
 def test_wrong_answer_in_csv_is_rejected(tmp_path, capsys):
     q, a, _ = generate_puzzle(random.Random(4), min_givens=30)
     wrong = list(a)
