@@ -21,8 +21,10 @@ import copy
 import os
 import random
 import re
+import socket
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -299,10 +301,15 @@ class Logger:
             mode = "online" if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb() else "offline"
         if mode == "disabled":
             return
+        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        if mode == "online" and not _reachable(server):
+            tqdm.write(f"warning: the W&B server {server} cannot be reached; logging to W&B offline "
+                       f"(`wandb sync {run_dir}/wandb/offline-run-*` uploads it later)", file=sys.stderr)
+            mode = "offline"
         try:
             import wandb
             self.wandb = wandb.init(project=cfg["project_name"], name=run_name, id=_wandb_id(run_name), resume="allow",
-                                    dir=run_dir, mode=mode, config=cfg)
+                                    dir=run_dir, mode=mode, config=cfg, settings=wandb.Settings(init_timeout=10))
         except Exception as e:
             self.warn(f"wandb could not start ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
                       f"logging to {self.path} only")
@@ -325,6 +332,17 @@ class Logger:
                 self.wandb.finish()
             except Exception:
                 pass
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout` seconds (W&B would retry for minutes)."""
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _netrc_has_wandb() -> bool:

@@ -218,3 +218,16 @@ def test_a_bad_test_split_stops_the_run_before_step_1(sudoku_path, tmp_path, cap
     assert pretrain.main([*TRM, *overrides(str(data), run, "max_steps=2")]) == 2
     assert expected in one_error_line(capsys)
     assert not run.exists() or not list(run.glob("step_*"))
+
+
+def test_wandb_with_a_key_but_no_server_falls_back_to_offline_quickly(sudoku_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    args = [a for a in overrides(sudoku_path, run, "max_steps=2") if not a.startswith("wandb_mode=")]
+    started = time.time()
+    assert pretrain.main([*TRM, *args]) == 0
+    assert time.time() - started < 60  # without the check W&B retries for minutes
+    assert "cannot be reached; logging to W&B offline" in capsys.readouterr().err
+    assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
