@@ -63,8 +63,12 @@ def strict_json(record: dict) -> str:
 
 
 def append_metrics(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(strict_json(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(strict_json(record) + "\n")
+    except OSError as e:
+        raise RunError(f"{path}: could not append the step {record.get('step')} metrics ({e.strerror or e}); "
+                       f"the checkpoints are unaffected, and a resume drops a torn last line") from None
 
 
 def read_metrics(path: str) -> list[dict]:
