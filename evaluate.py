@@ -25,9 +25,9 @@ from evaluation import report
 from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
                              save_partial)
 from evaluation.keyed_rng import KeyedSampler
-from models.checkpoint import CheckpointError, load_for_eval
+from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
-from utils.errors import RunError
+from utils.errors import CheckpointError, RunError
 from utils.processes import close_processes, free_memory, setup_processes, should_report
 from utils.typecheck import check_range, check_types
 

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import os
 import random
-import re
 import socket
 import sys
 import time
@@ -36,18 +35,18 @@ from tqdm import tqdm
 from config import compose_train_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
-from models.checkpoint import CheckpointError, check_archive, safe_load
+from models.checkpoint import safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
-from utils.errors import RunError
-from utils.files import atomic_save, atomic_write, remove_stale_temp_files
+from utils.errors import CheckpointError, RunError
+from utils.files import atomic_write, remove_stale_temp_files
 from utils.processes import StopRequests, close_processes, setup_processes, should_report
-from utils.run_folder import RunLock, append_metrics, read_metrics, strict_json
+from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
+                              point_latest, shard_name, truncate_metrics, write_shard)
 from utils.typecheck import check_range, check_types
 
-CHECKPOINT_FORMAT = "eqr/1"
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
 
@@ -201,10 +200,6 @@ def to_device(tree, device):
     return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
 
 
-def shard_name(step: int, rank: int) -> str:
-    return f"step_{step}.pt" if rank == 0 else f"step_{step}.rank{rank}.pt"
-
-
 def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size) -> None:
     """Each rank writes its own carry/RNG/loader shard; rank 0's file also holds the weights.
     `latest` moves only when every shard of the step is on disk."""
@@ -217,43 +212,11 @@ def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, dev
             ckpt["ema"] = ema.state_dict()
     else:
         ckpt = {"format": CHECKPOINT_FORMAT, "step": step, "rank": rank, **own}
-    atomic_save(ckpt, os.path.join(run_dir, shard_name(step, rank)))
+    write_shard(run_dir, step, rank, ckpt)
     if world_size > 1:
         dist.barrier()
     if rank == 0:
-        atomic_write(os.path.join(run_dir, "latest"), shard_name(step, 0) + "\n")
-
-
-def latest_checkpoint(run_dir: str) -> str | None:
-    pointer = os.path.join(run_dir, "latest")
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    path = os.path.join(run_dir, name)
-    if not name.startswith("step_") or not os.path.isfile(path):
-        raise CheckpointError(f"{pointer}: points to {name!r}, which is not a checkpoint file in {run_dir}")
-    return path
-
-
-def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> str:
-    """`latest`, or, when one of its shards is damaged or missing, the newest older step whose every shard
-    passes its CRC check (with a warning); none intact is an error."""
-    latest_step = int(os.path.basename(latest).removeprefix("step_").removesuffix(".pt"))
-    steps = sorted((int(m.group(1)) for name in os.listdir(run_dir) if (m := re.fullmatch(r"step_(\d+)\.pt", name))
-                    and int(m.group(1)) <= latest_step), reverse=True)
-    problem = None
-    for step in steps:
-        try:
-            for r in range(world_size):
-                check_archive(os.path.join(run_dir, shard_name(step, r)))
-        except CheckpointError as e:
-            problem = problem or str(e)
-            continue
-        if step != latest_step and rank == 0:
-            print(f"warning: {problem}; resuming from the newest intact checkpoint, {shard_name(step, 0)}", file=sys.stderr)
-        return os.path.join(run_dir, shard_name(step, 0))
-    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume ({problem})")
+        point_latest(run_dir, step)
 
 
 def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world_size):
@@ -280,12 +243,6 @@ def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world
         own = safe_load(os.path.join(os.path.dirname(path), shard_name(ckpt["step"], rank)))
     loader.load_state_dict(own["loader"])
     return ckpt["step"], own["carry"], own["rng"]
-
-
-def truncate_metrics(path: str, step: int) -> None:
-    """After a resume, drop the lines the killed run logged past its last checkpoint (and a torn last line)."""
-    if os.path.isfile(path):
-        atomic_write(path, "".join(strict_json(r) + "\n" for r in read_metrics(path) if r["step"] <= step))
 
 
 # ----------------------------------------------------------------------------- logging

@@ -2,7 +2,7 @@
 
 A training checkpoint written by pretrain.py is a dict of tensors and plain types only
 (so it loads with `torch.load(weights_only=True)`):
-    format       "eqr/1"
+    format       "eqr/1" (utils/run_folder.py owns the run folder and this format)
     step         optimizer steps done
     config       the resolved training config; config["arch"] holds every ModelConfig field,
                  seq_len and vocab_size included, so the file rebuilds its own model
@@ -25,7 +25,6 @@ import hashlib
 import os
 import pickle
 import types
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -33,26 +32,14 @@ import torch
 
 from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit; the message names the file."""
+from utils.errors import CheckpointError
+from utils.files import check_archive
+from utils.run_folder import CHECKPOINT_FORMAT
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def check_archive(path: str) -> None:
-    """Verify every CRC of a checkpoint in torch's zip format (torch.load checks none of them)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)}); is the file complete?") from None
-    if damaged:
-        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
 
 
 def safe_load(path: str, map_location="cpu") -> dict:
@@ -339,8 +326,8 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
     if not isinstance(arch, dict):
         raise CheckpointError(f"{path}: no config.arch entry, so the architecture is unknown")
 
-    if ckpt.get("format", "eqr/1") != "eqr/1":
-        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r} is not one this code reads (eqr/1)")
+    if ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r} is not one this code reads ({CHECKPOINT_FORMAT})")
     ours = "format" in ckpt  # else the authors' layout
     fields = dict(arch) if ours else _reference_arch(path, arch, weights, data_seq_len)
     for key, given in (("seq_len", data_seq_len), ("vocab_size", data_vocab_size)):
@@ -365,7 +352,7 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
         "source": path,
         "uri": path_or_uri,
         "sha256": file_sha256(path),
-        "format": "eqr/1" if ours else "reference",
+        "format": CHECKPOINT_FORMAT if ours else "reference",
         "read_with": how,
         "step": ckpt.get("step"),
         "ema": shadow_names is not None,

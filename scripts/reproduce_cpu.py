@@ -179,12 +179,9 @@ def dataset_cmd(ds: Dataset) -> list:
 
 
 def latest_step(run: Run) -> int | None:
-    latest = os.path.join(ROOT, run.path, "latest")
-    if not os.path.isfile(latest):
-        return None
-    with open(latest) as f:
-        name = f.read().strip()
-    return int(name.removeprefix("step_").removesuffix(".pt"))
+    from utils.run_folder import latest_step as run_folder_latest_step
+
+    return run_folder_latest_step(os.path.join(ROOT, run.path))
 
 
 def final_checkpoint(run: Run) -> str:
@@ -264,7 +261,6 @@ so with batch 32 the weights can fit the puzzles in the batch while they are the
 """
 REPORT_DIR = "docs/cpu_reproduction"
 SHIPPED = {"sudoku-eqr": "checkpoints/shipped/eqr_sudoku_cpu.pt", "maze-eqr": "checkpoints/shipped/eqr_maze_cpu.pt"}
-SLIM_KEYS = ("format", "step", "config", "model", "ema")
 SHIP_FLOOR = 0.25  # exact accuracy at D16 B1 a run must reach to be shipped (tests/test_shipped_checkpoints.py uses it too)
 
 
@@ -478,6 +474,7 @@ def export_shipped(res: dict) -> dict:
     import torch
     from models.checkpoint import load_for_eval
     from utils.files import atomic_save
+    from utils.run_folder import slim_checkpoint
 
     shipped = {}
     for run_name, dest in SHIPPED.items():
@@ -488,7 +485,7 @@ def export_shipped(res: dict) -> dict:
             continue
         run = RUNS_BY_NAME[run_name]
         full = torch.load(final_checkpoint(run), map_location="cpu", weights_only=True)
-        slim = {k: full[k] for k in SLIM_KEYS}
+        slim = slim_checkpoint(full)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         atomic_save(slim, dest)
         load_for_eval(dest)  # must load through the evaluation path

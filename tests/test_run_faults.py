@@ -231,3 +231,26 @@ def test_wandb_with_a_key_but_no_server_falls_back_to_offline_quickly(sudoku_pat
     assert time.time() - started < 60  # without the check W&B retries for minutes
     assert "cannot be reached; logging to W&B offline" in capsys.readouterr().err
     assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
+
+
+def test_the_run_folder_format_round_trip(tmp_path):
+    """utils/run_folder.py owns where checkpoints go: shards, the latest pointer, the slim release copy."""
+    import torch
+
+    from utils.run_folder import (CHECKPOINT_FORMAT, intact_checkpoint, latest_step, point_latest, slim_checkpoint,
+                                  write_shard)
+
+    run = str(tmp_path)
+    assert latest_step(run) is None
+    state = {"format": CHECKPOINT_FORMAT, "step": 3, "config": {}, "model": {"w": torch.ones(2)}, "optimizer": {},
+             "carry": None, "rng": {}, "loader": {}}
+    write_shard(run, 3, 0, state)
+    write_shard(run, 3, 1, {"format": CHECKPOINT_FORMAT, "step": 3, "rank": 1})
+    assert latest_step(run) is None  # `latest` moves only when told that every shard is written
+    point_latest(run, 3)
+    assert latest_step(run) == 3 and (tmp_path / "latest").read_text() == "step_3.pt\n"
+    assert intact_checkpoint(run, str(tmp_path / "step_3.pt"), 2, 0) == str(tmp_path / "step_3.pt")
+    (tmp_path / "step_3.rank1.pt").unlink()
+    with pytest.raises(pretrain.CheckpointError, match="no intact checkpoint to resume"):
+        intact_checkpoint(run, str(tmp_path / "step_3.pt"), 2, 0)
+    assert list(slim_checkpoint(state)) == ["format", "step", "config", "model"]

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """A run that must stop (its folder is in use, its metrics are damaged, its loss diverged); names the file or step."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit; the message names the file."""

@@ -8,10 +8,11 @@ import glob
 import io
 import os
 import tempfile
+import zipfile
 
 import torch
 
-from utils.errors import RunError
+from utils.errors import CheckpointError, RunError
 
 TEMP_PREFIX = ".tmp-"
 
@@ -60,3 +61,15 @@ def remove_stale_temp_files(folder: str) -> list[str]:
         except OSError:
             pass
     return removed
+
+
+def check_archive(path: str) -> None:
+    """Verify every CRC of a file in torch's zip format (torch.load checks none of them)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); is the file complete?") from None
+    if damaged:
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")

@@ -1,4 +1,13 @@
-"""Two shared files of a training run folder: the writer's lock and metrics.jsonl.
+"""The training run folder and its checkpoint format: every file of it is read and written here.
+
+    <run>/step_<N>.pt           rank 0's checkpoint of step N: format CHECKPOINT_FORMAT, step, world_size,
+                                config, model, optimizer, ema, and rank 0's carry / rng / loader
+    <run>/step_<N>.rank<r>.pt   rank r's carry / rng / loader (with several processes)
+    <run>/latest                the name of the newest step whose every shard is on disk
+    <run>/config.yaml, metrics.jsonl, .lock
+
+What goes into a checkpoint is pretrain.py's business; where it goes, how `latest` moves, which
+checkpoint a resume may trust and what a released (slim) checkpoint keeps is this module's.
 
 One writer per folder: `RunLock` holds an exclusive flock on `<run>/.lock` for the run's life, so a
 second run pointed at the same folder (the same run_name, or two default names from the same
@@ -13,13 +22,76 @@ import fcntl
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
 
-from utils.errors import RunError
+from utils.errors import CheckpointError, RunError
+from utils.files import atomic_save, atomic_write, check_archive
 
+CHECKPOINT_FORMAT = "eqr/1"
 LOCK_NAME = ".lock"
+SLIM_KEYS = ("format", "step", "config", "model", "ema")  # what a released checkpoint keeps: enough to evaluate
+
+
+def shard_name(step: int, rank: int) -> str:
+    return f"step_{step}.pt" if rank == 0 else f"step_{step}.rank{rank}.pt"
+
+
+def write_shard(run_dir: str, step: int, rank: int, state: dict) -> None:
+    atomic_save(state, os.path.join(run_dir, shard_name(step, rank)))
+
+
+def point_latest(run_dir: str, step: int) -> None:
+    """Make step the one to resume from; call only once every rank's shard of it is written."""
+    atomic_write(os.path.join(run_dir, "latest"), shard_name(step, 0) + "\n")
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    pointer = os.path.join(run_dir, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    path = os.path.join(run_dir, name)
+    if not re.fullmatch(r"step_\d+\.pt", name) or not os.path.isfile(path):
+        raise CheckpointError(f"{pointer}: points to {name!r}, which is not a checkpoint file in {run_dir}")
+    return path
+
+
+def latest_step(run_dir: str) -> int | None:
+    path = latest_checkpoint(run_dir)
+    return None if path is None else _step_of(os.path.basename(path))
+
+
+def _step_of(name: str) -> int:
+    return int(name.removeprefix("step_").removesuffix(".pt"))
+
+
+def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> str:
+    """`latest`, or, when one of its shards is damaged or missing, the newest older step whose every shard
+    passes its CRC check (with a warning); none intact is an error."""
+    newest = _step_of(os.path.basename(latest))
+    steps = sorted((_step_of(name) for name in os.listdir(run_dir) if re.fullmatch(r"step_\d+\.pt", name)
+                    and _step_of(name) <= newest), reverse=True)
+    problem = None
+    for step in steps:
+        try:
+            for r in range(world_size):
+                check_archive(os.path.join(run_dir, shard_name(step, r)))
+        except CheckpointError as e:
+            problem = problem or str(e)
+            continue
+        if step != newest and rank == 0:
+            print(f"warning: {problem}; resuming from the newest intact checkpoint, {shard_name(step, 0)}", file=sys.stderr)
+        return os.path.join(run_dir, shard_name(step, 0))
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume ({problem})")
+
+
+def slim_checkpoint(state: dict) -> dict:
+    """A released copy of a checkpoint: the weights, EMA and config, without optimizer, carry, RNG or loader."""
+    return {key: state[key] for key in SLIM_KEYS if key in state}
 
 
 class RunLock:
@@ -69,6 +141,12 @@ def append_metrics(path: str, record: dict) -> None:
     except OSError as e:
         raise RunError(f"{path}: could not append the step {record.get('step')} metrics ({e.strerror or e}); "
                        f"the checkpoints are unaffected, and a resume drops a torn last line") from None
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """After a resume, drop the lines the killed run logged past its last checkpoint (and a torn last line)."""
+    if os.path.isfile(path):
+        atomic_write(path, "".join(strict_json(r) + "\n" for r in read_metrics(path) if r["step"] <= step))
 
 
 def read_metrics(path: str) -> list[dict]:
