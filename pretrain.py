@@ -359,7 +359,7 @@ def train(cfg: dict, config_name: str) -> None:
 
 
 def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, cleanup: contextlib.ExitStack,
-           stop: "StopRequests") -> None:
+           stop: StopRequests) -> None:
     tc = parse_train_config(cfg)
     if tc.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
