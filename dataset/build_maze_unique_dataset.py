@@ -12,12 +12,16 @@ exactly that BFS distance (with one shortest path when --require-unique). The la
 the cells strictly between S and G marked 'o'. One example per puzzle and per group.
 """
 import argparse
+import os
 import random
 import sys
 import time
 
 import numpy as np
 from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python dataset/<this file>.py`, the form the authors' README uses
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.common import DatasetError, single_example_split, write_dataset
 from dataset.maze import VOCAB_SIZE, bfs, carve_perfect_maze, embed, neighbours, path_to, to_tokens

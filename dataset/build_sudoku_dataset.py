@@ -22,6 +22,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as `python dataset/<this file>.py`, the form the authors' README uses
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from dataset.common import DatasetError, single_example_split, write_dataset
 from dataset.sudoku import (UNIT_CELLS, VOCAB_SIZE, apply_transforms, digits_to_tokens, first_bad_solution,
                             generate_puzzle, random_transforms)

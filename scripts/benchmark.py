@@ -50,6 +50,7 @@ DATA_SHAPES = {"data/sudoku-extreme-1k-aug-1000": (81, 11), "data/maze-30x30-uni
 # (train batch, eval batch) per mode for the full-size presets on CPU; the *_cpu presets use their own.
 CPU_BATCH = {"quick": (2, 4), "full": (8, 16)}
 TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # issue 7; the MFU ones are for eqr_sudoku on CPU
+EVAL_CELLS = ((16, 1), (64, 8))  # (depth, breadth) cells whose puzzles/s the benchmark reports
 # issue 14, on CUDA, for the default (compiled) path: MFU of the bf16 peak per preset, keyed draws' share of an eval step
 GPU_TARGETS = {"eqr_sudoku": 0.45, "eqr_maze_unique": 0.30, "keyed_rng_share": 0.05}
 
@@ -286,6 +287,9 @@ def bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, pea
     keyed = bench_eval(config, eval_batch, args, device, memory, compiled, keyed=True)
     row["eval_keyed_step_s"] = keyed["eval_step_s"]
     row["keyed_rng_share"] = max(0.0, 1 - row["eval_step_s"] / keyed["eval_step_s"])
+    # evaluate.py's default (keyed) throughput in puzzles per second for two cells: D supervision steps of B rows each
+    for depth, breadth in EVAL_CELLS:
+        row[f"puzzles_per_s_D{depth}_B{breadth}"] = eval_batch / keyed["eval_step_s"] / (depth * breadth)
     return row
 
 

@@ -17,7 +17,8 @@ import benchmark  # noqa: E402
 PRESET_KEYS = {"forward_dtype", "params", "flops_per_row_forward", "flops_per_row_train",
                "train_batch", "train_step_s", "train_first_step_s", "train_peak_mem_mb", "train_tflops", "train_mfu",
                "eval_batch", "eval_step_s", "eval_first_step_s", "eval_trajectory_steps_per_s", "eval_peak_mem_mb",
-               "eval_tflops", "eval_mfu", "eval_keyed_step_s", "keyed_rng_share"}
+               "eval_tflops", "eval_mfu", "eval_keyed_step_s", "keyed_rng_share", "puzzles_per_s_D16_B1",
+               "puzzles_per_s_D64_B8"}
 PATH_KEYS = PRESET_KEYS - {"forward_dtype", "params", "flops_per_row_forward", "flops_per_row_train"}
 
 
@@ -34,6 +35,7 @@ def check_results(results: dict, presets: list[str], startup: list[str]) -> None
             assert all(isinstance(path[k], (int, float)) and path[k] > 0 for k in PATH_KEYS - {"keyed_rng_share"})
             assert 0 <= path["keyed_rng_share"] < 1
             assert path["eval_trajectory_steps_per_s"] == pytest.approx(path["eval_batch"] / path["eval_step_s"])
+            assert path["puzzles_per_s_D16_B1"] == pytest.approx(path["eval_batch"] / path["eval_keyed_step_s"] / 16)
     assert set(results["startup_s"]) == set(startup) and all(v > 0 for v in results["startup_s"].values())
     for target in results["targets"].values():
         assert set(target) == {"value", "target", "met"} and isinstance(target["met"], bool)

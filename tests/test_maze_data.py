@@ -112,3 +112,17 @@ def test_validator_names_first_bad_maze(tmp_path, maze_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1
     assert "test" in err and "all__labels.npy" in err and "example 3" in err
+
+
+@pytest.mark.parametrize("script,args", [
+    ("dataset/build_maze_unique_dataset.py", ["--grid-size", "7", "--train-samples", "2", "--test-samples", "2",
+                                             "--min-path-length", "4", "--max-path-length", "12"]),
+    ("dataset/build_sudoku_dataset.py", ["--generate", "2", "--generate-test", "2", "--num-aug", "0"]),
+])
+def test_builders_run_as_scripts(script, args, tmp_path):
+    """`python dataset/build_*.py ...` (the authors' form) works beside `python -m dataset.build_*`."""
+    import launch
+
+    done = launch.launch(script, *args, "--output-dir", str(tmp_path / "out"), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "test" / "dataset.json").exists()
