@@ -20,10 +20,8 @@ import contextlib
 import copy
 import os
 import random
-import socket
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -42,6 +40,7 @@ from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metric
 from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError
 from utils.files import atomic_write, remove_stale_temp_files
+from utils.network import reachable
 from utils.processes import StopRequests, close_processes, setup_processes, should_report
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, shard_name, truncate_metrics, write_shard)
@@ -259,7 +258,7 @@ class Logger:
         if mode == "disabled":
             return
         server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        if mode == "online" and not _reachable(server):
+        if mode == "online" and not reachable(server):
             tqdm.write(f"warning: the W&B server {server} cannot be reached; logging to W&B offline "
                        f"(`wandb sync {run_dir}/wandb/offline-run-*` uploads it later)", file=sys.stderr)
             mode = "offline"
@@ -289,17 +288,6 @@ class Logger:
                 self.wandb.finish()
             except Exception:
                 pass
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the URL's host opens within `timeout` seconds (W&B would retry for minutes)."""
-    parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def _netrc_has_wandb() -> bool:

@@ -7,11 +7,14 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from huggingface_hub.file_download import repo_folder_name
 
-from models.checkpoint import CheckpointError, load_for_eval, parse_hf_uri, resolve_checkpoint_path
+from models.checkpoint import load_for_eval
+from utils.errors import CheckpointError
+from utils.hub import parse_hf_uri, resolve_checkpoint_path
 from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
@@ -105,6 +108,20 @@ def test_hub_errors_are_one_line(tmp_path):
         message = str(err.value)
         assert "\n" not in message and message.startswith(uri + ": ")
         assert "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE is set" in message
+
+
+def test_without_a_network_an_uncached_file_fails_fast_and_a_cached_one_resolves(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    cache = tmp_path / "hub"
+    add_to_hub_cache(cache, "locuslab/EqR-model", {"sudoku-extreme/eqr.pth": b"x"})
+    started = time.time()
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint_path("hf://locuslab/EqR-model/maze-unique/eqr.pth", cache_dir=str(cache))
+    assert time.time() - started < 5
+    assert "(http://127.0.0.1:9) cannot be reached" in str(err.value) and "\n" not in str(err.value)
+    path = resolve_checkpoint_path("hf://locuslab/EqR-model/sudoku-extreme/eqr.pth", cache_dir=str(cache))
+    assert open(path, "rb").read() == b"x"
 
 
 def test_load_for_eval_from_an_hf_uri(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ clears those once the folder's one writer holds it. Files get the mode any new f
 (0666 less the umask), so others on shared storage can read checkpoints and results.
 """
 import glob
+import hashlib
 import io
 import os
 import tempfile
@@ -73,3 +74,11 @@ def check_archive(path: str) -> None:
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); is the file complete?") from None
     if damaged:
         raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
