@@ -12,10 +12,10 @@ import evaluate
 from dataset.common import single_example_split, write_dataset
 from evaluation.grid import FIELDS, GridSpec, run_batch
 from evaluation.keyed_rng import KeyedSampler
-from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.layers import trunc_normal_
 from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from utils.files import atomic_save
 
 # Small init std and larger noise: trajectories differ, yet often agree, so every rule has something to pick.
 EQR = dict(seq_len=8, vocab_size=4, hidden_size=32, num_heads=4, H_cycles=2, L_cycles=2, L_layers=1,

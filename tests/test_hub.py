@@ -13,11 +13,11 @@ import pytest
 from huggingface_hub.file_download import repo_folder_name
 
 from models.checkpoint import load_for_eval
-from utils.errors import CheckpointError
-from utils.hub import parse_hf_uri, resolve_checkpoint_path
-from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
+from utils.errors import CheckpointError
+from utils.files import atomic_save
+from utils.hub import parse_hf_uri, resolve_checkpoint_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

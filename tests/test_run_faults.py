@@ -101,7 +101,7 @@ def test_strict_json_writes_null_for_non_finite_numbers():
 
 
 def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_run(sudoku_path, tmp_path):
-    common = ["--config-name", "train/eqr_sudoku", "max_steps=60", "log_interval_steps=1", "checkpoint_interval_steps=1000",
+    common = ["--config-name", "train/eqr_sudoku", "max_steps=30", "log_interval_steps=1", "checkpoint_interval_steps=1000",
               "eval_interval_steps=null", "lr=1e-3", "lr_warmup_steps=5"]
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     assert start([*common, *overrides(sudoku_path, full)]).wait() == 0
@@ -113,7 +113,7 @@ def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_run(sudoku_pat
     err = proc.stderr.read()
     assert "stopped by SIGTERM after step" in err and "resume=true" in err
     at = int((stopped / "latest").read_text().strip().removeprefix("step_").removesuffix(".pt"))
-    assert at < 60, "the run finished before the signal"
+    assert at < 30, "the run finished before the signal"
 
     resumed = start([*common, *overrides(sudoku_path, stopped), "resume=true"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()

@@ -14,12 +14,12 @@ import torch
 import evaluate
 from dataset import build_maze_unique_dataset, build_sudoku_dataset
 from models.checkpoint import load_for_eval
-from utils.files import atomic_save
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
+from utils.files import atomic_save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUZZLES = 32
+PUZZLES = 16
 CASES = {
     # shipped file, slice builder + args, exact-accuracy floor at D16 B1 (SHIP_FLOOR in scripts/reproduce_cpu.py).
     "sudoku": ("checkpoints/shipped/eqr_sudoku_cpu.pt", build_sudoku_dataset,
