@@ -28,7 +28,7 @@ from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.errors import CheckpointError, RunError
-from utils.processes import close_processes, free_memory, setup_processes, should_report
+from utils.processes import broadcast, close_processes, free_memory, setup_processes, should_report
 from utils.typecheck import check_range, check_types
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
@@ -99,14 +99,6 @@ def parse_config(cfg: dict) -> EvalConfig:
 
 
 # ----------------------------------------------------------------------------- set-up
-
-def broadcast(value, world_size: int):
-    if world_size == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
 
 def checkpoint_name(uri: str) -> str:
     """'hf://locuslab/EqR-model/sudoku-extreme/eqr.pth' -> 'sudoku-extreme_eqr'."""

@@ -41,7 +41,7 @@ from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError
 from utils.files import atomic_write, remove_stale_temp_files
 from utils.network import reachable
-from utils.processes import StopRequests, close_processes, setup_processes, should_report
+from utils.processes import StopRequests, broadcast, close_processes, setup_processes, should_report
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, shard_name, truncate_metrics, write_shard)
 from utils.typecheck import check_range, check_types
@@ -365,10 +365,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, clea
 
     # Run folder: every rank needs the same name, and the default one holds a timestamp.
     run_name = tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if world_size > 1:
-        box = [run_name]
-        dist.broadcast_object_list(box, src=0)
-        run_name = box[0]
+    run_name = broadcast(run_name, world_size)
     cfg["run_name"] = run_name
     run_dir = tc.checkpoint_path or os.path.join("checkpoints", tc.project_name, run_name)
     claim_run_folder(run_dir, rank, world_size, cleanup)
@@ -518,10 +515,7 @@ def claim_run_folder(run_dir: str, rank: int, world_size: int, cleanup: contextl
         else:  # the folder is ours: temp files in it are from writers that were killed
             for path in remove_stale_temp_files(run_dir):
                 print(f"warning: removed {path}, left by an interrupted write", file=sys.stderr)
-    if world_size > 1:
-        box = [refusal]
-        dist.broadcast_object_list(box, src=0)
-        refusal = box[0]
+    refusal = broadcast(refusal, world_size)
     if refusal:
         raise RunError(refusal)
 

@@ -31,26 +31,21 @@ import torch
 
 from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, first_line
 from utils.files import check_archive, file_sha256
 from utils.hub import resolve_checkpoint_path
 from utils.run_folder import CHECKPOINT_FORMAT
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def safe_load(path: str, map_location="cpu") -> dict:
-    """Load a checkpoint that holds only tensors and plain types, its CRCs checked; anything else is refused."""
+    """Load a checkpoint that holds only tensors and plain types; anything else is refused.
+    (Resume checks the files' CRCs first: utils/run_folder.intact_checkpoint.)"""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
-    check_archive(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
@@ -157,7 +152,7 @@ def read_checkpoint(path: str, trust_checkpoint: bool = False) -> tuple[dict, st
         except Exception as e:
             error = e
     else:
-        reason = _first_line(error).split(". ")[0]  # torch's errors go on for several sentences
+        reason = first_line(error).split(". ")[0]  # torch's errors go on for several sentences
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
@@ -276,7 +271,7 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
         with torch.device("meta"):  # shapes only: a config that does not fit its tensors allocates nothing
             skeleton = ACTLossHead(RecurrentReasoner(config), loss_type)
     except (ConfigError, ValueError) as e:
-        raise CheckpointError(f"{path}: {_first_line(e)}") from None
+        raise CheckpointError(f"{path}: {first_line(e)}") from None
     _check_fits(path, skeleton, weights, shadow_names)
     model = ACTLossHead(RecurrentReasoner(config), loss_type)
     model.load_state_dict(weights, strict=True)

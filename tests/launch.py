@@ -11,15 +11,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(script: str, *args: str, nproc: int = 1, env_extra: dict | None = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python script args` (nproc 1) or `torchrun --standalone --nproc-per-node N script args`, run from the
-    repository root with one thread per process; every process it started is gone when this returns."""
+def start(script: str, *args: str, nproc: int = 1, env_extra: dict | None = None) -> subprocess.Popen:
+    """`python script args` (nproc 1) or `torchrun --standalone --nproc-per-node N script args`, started from the
+    repository root with one thread per process, in a process group of its own (see kill_group)."""
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      "--nproc-per-node", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    process = subprocess.Popen([*launcher, script, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([*launcher, script, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def launch(script: str, *args: str, nproc: int = 1, env_extra: dict | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    """start(), waited for; every process it started is gone when this returns."""
+    process = start(script, *args, nproc=nproc, env_extra=env_extra)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

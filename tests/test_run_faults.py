@@ -4,22 +4,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
+import launch
 import pretrain
-from test_train import ROOT, overrides, read_metrics, sudoku_path, train_losses  # noqa: F401 (fixture)
+from test_train import overrides, read_metrics, sudoku_path, train_losses  # noqa: F401 (fixture)
 from utils.run_folder import RunLock, read_metrics as read_records, strict_json
 
 TRM = ["--config-name", "train/trm_sudoku", "eval_interval_steps=null", "log_interval_steps=1"]
 
 
-def start(args) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def start(args, nproc: int = 1) -> subprocess.Popen:
+    return launch.start("pretrain.py", *args, nproc=nproc, env_extra={"WANDB_MODE": "disabled"})
 
 
 def wait_for(path, proc, timeout=120):
@@ -48,7 +46,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(sudoku_path, tmp_path, 
         assert pretrain.main([*TRM, *overrides(sudoku_path, run, "max_steps=5", "resume=true")]) == 2
         assert f"in use by pid {first.pid}" in one_error_line(capsys)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        launch.kill_group(first)
         first.wait()
     steps = [m["step"] for m in read_metrics(run)]
     assert steps == sorted(set(steps))  # one writer's lines only
@@ -124,20 +122,13 @@ def test_sigterm_to_every_process_of_a_torchrun_job_checkpoints_all_ranks(sudoku
     """A scheduler preempting a job signals every process; the ranks agree on the step at which they stop."""
     run = tmp_path / "run"
     args = [*TRM, *overrides(sudoku_path, run, "max_steps=100000", "checkpoint_interval_steps=100000"), "log_interval_steps=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            "pretrain.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+    job = start(args, nproc=2)
     try:
         wait_for(run / "metrics.jsonl", job)
         os.killpg(job.pid, signal.SIGTERM)
-        job.wait(timeout=120)
-        err = job.stderr.read()
+        _, err = job.communicate(timeout=120)
     finally:
-        try:
-            os.killpg(job.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        launch.kill_group(job)
     assert "stopped by SIGTERM after step" in err, err[-3000:]
     name = (run / "latest").read_text().strip()
     step = int(name.removeprefix("step_").removesuffix(".pt"))

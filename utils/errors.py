@@ -1,6 +1,12 @@
 """Errors that end a run with one `error:` line (the entry points catch them; nothing else does)."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class ConfigError(ValueError):
     """A model, training or evaluation setting that cannot work; the message names the key."""
 

@@ -13,7 +13,7 @@ import zipfile
 
 import torch
 
-from utils.errors import CheckpointError, RunError
+from utils.errors import CheckpointError, RunError, first_line
 
 TEMP_PREFIX = ".tmp-"
 
@@ -70,8 +70,7 @@ def check_archive(path: str) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); is the file complete?") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)}); is the file complete?") from None
     if damaged:
         raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
 

@@ -5,7 +5,7 @@ comes within seconds: the Hub is probed once before huggingface_hub's own retrie
 """
 import os
 
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, first_line
 from utils.network import reachable
 
 
@@ -66,6 +66,5 @@ def resolve_checkpoint_path(path_or_uri: str, cache_dir: str | None = None) -> s
     except RepositoryNotFoundError:
         reason = f"no model repo {repo_id} on the Hub (or it is private: set HF_TOKEN)"
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        reason = f"Hub download failed ({type(e).__name__}: {first})"
+        reason = f"Hub download failed ({type(e).__name__}: {first_line(e)})"
     raise CheckpointError(f"{path_or_uri}: {reason}")

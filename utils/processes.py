@@ -123,6 +123,15 @@ def free_memory(device: torch.device) -> int | None:
         return None
 
 
+def broadcast(value, world_size: int):
+    """Rank 0's `value` on every rank (a collective: every rank calls it); the value itself with one process."""
+    if world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def close_processes(processes: Processes | None) -> None:
     if processes is not None and processes.distributed and dist.is_initialized():
         dist.destroy_process_group()
