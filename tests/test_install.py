@@ -1,0 +1,66 @@
+"""`pip install .` gives console commands that work from any folder (the config files travel as package data).
+
+Offline: the fresh venv sees this interpreter's site-packages (torch, hydra, setuptools, pip) through a .pth
+file, and a copy of the project is installed with --no-deps --no-build-isolation.
+"""
+import os
+import shutil
+import site
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ("pyproject.toml", "README.md", "LICENSE", "pretrain.py", "evaluate.py")
+PACKAGES = ("config", "dataset", "models", "evaluation", "utils")
+TINY = ["device=cpu", "wandb_mode=disabled", "global_batch_size=8", "eval_batch_size=8", "eval_max_examples=16",
+        "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=1",
+        "arch.halt_max_steps=3", "arch.forward_dtype=float32", "arch.mlp_t=true"]
+
+
+def make_venv(path) -> str:
+    """A venv without pip of its own whose python also sees this interpreter's packages; returns its bin folder."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = str(path / "bin" / "python")
+    packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(packages, "parent.pth"), "w") as f:
+        f.write("\n".join(site.getsitepackages()) + "\n")
+    return str(path / "bin")
+
+
+def test_console_commands_of_a_plain_install_run_from_another_folder(tmp_path):
+    pytest.importorskip("setuptools")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in FILES:
+        shutil.copy(os.path.join(ROOT, name), source)
+    for name in PACKAGES:
+        shutil.copytree(os.path.join(ROOT, name), source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    bin_dir = make_venv(tmp_path / "venv")
+    subprocess.run([os.path.join(bin_dir, "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    str(source)], check=True, capture_output=True)
+    shutil.rmtree(source)  # the commands must not need the files they were installed from
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+
+    def run(command, *args):
+        done = subprocess.run([os.path.join(bin_dir, command), *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"{command} {' '.join(args)}:\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    assert "--min-givens" in run("eqr-build-sudoku", "--help")
+    assert "--grid-size" in run("eqr-build-maze", "--help")
+    run("eqr-build-sudoku", "--generate", "48", "--generate-test", "16", "--num-aug", "1", "--min-givens", "50",
+        "--output-dir", "sudoku")
+    assert "test: ok" in run("eqr-validate", "sudoku")
+    assert "eqr_sudoku_cpu" in run("eqr-train", "--help")  # the presets are found in the installed config
+    run("eqr-train", "--config-name", "train/eqr_sudoku", "data_path=sudoku", "checkpoint_path=run", "max_steps=2", *TINY)
+    assert os.path.isfile(work / "run" / "step_2.pt")
+    out = run("eqr-evaluate", "checkpoint=run/step_2.pt", "output_dir=results", "progress=false", "plots=false")
+    assert "HEADLINE" in out and os.path.isfile(work / "results" / "results.json")
