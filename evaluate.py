@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.distributed as dist
 
-from config import compose_config
+from config import compose_config, config_help
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import report
@@ -302,11 +302,12 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
     processes = None
     try:
+        if any(a in ("-h", "--help") for a in argv):
+            overrides = [a for a in argv if not a.startswith("-")]
+            print(__doc__ + "\n" + config_help("cfg_eval", overrides, {"eval": "eval=NAME"}))
+            return 0
         flags = [a for a in argv if a.startswith("-")]
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from config import compose_train_config
+from config import compose_train_config, config_help
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from models.checkpoint import safe_load
@@ -137,8 +137,11 @@ def check_test_split(data_path: str) -> None:
                                f"but the training split has {getattr(train, key)}")
 
 
+HELP_PRESETS = {"train": "--config-name train/NAME", "arch": "arch=NAME", "dataset": "dataset=NAME"}
+
+
 def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
-    config_name, overrides, i = "cfg_pretrain", [], 0
+    config_name, overrides, i, wants_help = "cfg_pretrain", [], 0, False
     while i < len(argv):
         arg = argv[i]
         if arg in ("--config-name", "-cn"):
@@ -149,14 +152,17 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
         if arg.startswith("--config-name="):
             config_name = arg.split("=", 1)[1]
         elif arg in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
+            wants_help = True
         elif arg.startswith("-"):
             raise ConfigError(f"{arg}: unknown flag (only --config-name NAME and key=value overrides)")
         else:
             overrides.append(arg)
         i += 1
-    return config_name.removesuffix(".yaml"), overrides
+    config_name = config_name.removesuffix(".yaml")
+    if wants_help:  # the keys and defaults of the preset named with it, if any
+        print(__doc__ + "\n" + config_help(config_name, overrides, HELP_PRESETS))
+        sys.exit(0)
+    return config_name, overrides
 
 
 # ----------------------------------------------------------------------------- state that must survive a restart

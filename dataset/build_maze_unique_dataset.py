@@ -1,4 +1,4 @@
-"""Builds a maze dataset in the shared HRM/TRM/EqR layout (Maze-Unique by default).
+r"""Builds a maze dataset in the shared HRM/TRM/EqR layout (Maze-Unique by default).
 
 The paper's set (the defaults):
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python dataset/<this file>.py`, the form the authors' README uses
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.common import DatasetError, single_example_split, write_dataset
+from dataset.common import DatasetError, HelpFormatter, single_example_split, write_dataset
 from dataset.maze import VOCAB_SIZE, bfs, carve_perfect_maze, embed, neighbours, path_to, to_tokens
 
 
@@ -130,31 +130,31 @@ def check_args(args) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="data/maze-30x30-unique-1k")
-    p.add_argument("--grid-size", type=int, default=30)
-    p.add_argument("--train-samples", type=int, default=1000)
-    p.add_argument("--test-samples", type=int, default=1000)
-    p.add_argument("--maze-mode", choices=["perfect", "random"], default="perfect")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--output-dir", default="data/maze-30x30-unique-1k", help="dataset folder to write")
+    p.add_argument("--grid-size", type=int, default=30, help="side of the square grid")
+    p.add_argument("--train-samples", type=int, default=1000, help="training mazes")
+    p.add_argument("--test-samples", type=int, default=1000, help="test mazes")
+    p.add_argument("--maze-mode", choices=["perfect", "random"], default="perfect", help="perfect: a carved perfect maze; random: independent walls")
     p.add_argument("--wall-prob", type=float, default=0.37, help="random mode: probability that a cell is wall")
     p.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True,
                    help="skip mazes whose input already appeared in either split")
-    p.add_argument("--length-distribution", choices=["uniform", "normal", "fixed", "list"], default="uniform")
-    p.add_argument("--min-path-length", type=int, default=100)
-    p.add_argument("--max-path-length", type=int, default=140)
-    p.add_argument("--length-mean", type=float, default=120.0)
-    p.add_argument("--length-std", type=float, default=30.0)
-    p.add_argument("--length-value", type=int, default=120)
-    p.add_argument("--length-values", type=int, nargs="+", default=None)
-    p.add_argument("--length-weights", type=float, nargs="+", default=None)
+    p.add_argument("--length-distribution", choices=["uniform", "normal", "fixed", "list"], default="uniform", help="how the target shortest-path length is drawn")
+    p.add_argument("--min-path-length", type=int, default=100, help="shortest allowed S->G path length")
+    p.add_argument("--max-path-length", type=int, default=140, help="longest allowed S->G path length")
+    p.add_argument("--length-mean", type=float, default=120.0, help="normal: mean length")
+    p.add_argument("--length-std", type=float, default=30.0, help="normal: standard deviation")
+    p.add_argument("--length-value", type=int, default=120, help="fixed: the length")
+    p.add_argument("--length-values", type=int, nargs="+", default=None, help="list: the lengths to draw from")
+    p.add_argument("--length-weights", type=float, nargs="+", default=None, help="list: their weights (default: equal)")
     p.add_argument("--strict-length", action=argparse.BooleanOptionalAction, default=True,
                    help="fail when a drawn length cannot be met (else draw another length)")
     p.add_argument("--require-unique", action=argparse.BooleanOptionalAction, default=True,
                    help="goal must have exactly one shortest path from the start")
-    p.add_argument("--max-length-resamples", type=int, default=50)
-    p.add_argument("--max-grid-attempts", type=int, default=200)
-    p.add_argument("--max-start-attempts", type=int, default=200)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-length-resamples", type=int, default=50, help="without --strict-length: lengths drawn per maze before giving up")
+    p.add_argument("--max-grid-attempts", type=int, default=200, help="mazes carved per drawn length before giving up")
+    p.add_argument("--max-start-attempts", type=int, default=200, help="start cells tried per maze")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
     return p.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""Builds a Sudoku dataset in the shared HRM/TRM/EqR layout.
+r"""Builds a Sudoku dataset in the shared HRM/TRM/EqR layout.
 
 Default: the paper's set, 1000 training puzzles of the Hugging Face dataset sapientinc/sudoku-extreme,
 each with 1000 augmented copies (one group per puzzle), and the full test split un-augmented:
@@ -25,7 +25,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python dataset/<this file>.py`, the form the authors' README uses
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.common import DatasetError, single_example_split, write_dataset
+from dataset.common import DatasetError, HelpFormatter, single_example_split, write_dataset
 from dataset.sudoku import (UNIT_CELLS, VOCAB_SIZE, apply_transforms, digits_to_tokens, first_bad_solution,
                             generate_puzzle, random_transforms)
 from dataset.sudoku_solver import solve_count
@@ -265,14 +265,14 @@ def build_split(args, split: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="data/sudoku-extreme-1k-aug-1000")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--output-dir", default="data/sudoku-extreme-1k-aug-1000", help="dataset folder to write")
     p.add_argument("--source-repo", default="sapientinc/sudoku-extreme", help="Hugging Face dataset with train.csv/test.csv")
     p.add_argument("--subsample-size", type=int, default=1000, help="training puzzles to keep (0: all)")
     p.add_argument("--num-aug", type=int, default=1000, help="augmented copies per training puzzle")
     p.add_argument("--min-difficulty", type=int, default=None,
                    help="keep puzzles rated at least this (the CSV rating column, else the solver's guess count)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of subsampling, augmentation and generation")
     p.add_argument("--source-csv", default=None, help="local train puzzles: CSV (source,q,a,rating) or one puzzle per line")
     p.add_argument("--test-csv", default=None, help="local test puzzles, same formats")
     p.add_argument("--generate", type=int, default=0, help="generate this many training puzzles offline")

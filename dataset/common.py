@@ -5,6 +5,7 @@ A dataset folder holds `identifiers.json` and one folder per split (`train/`, `t
 Offsets: examples of puzzle p are rows [puzzle_indices[p], puzzle_indices[p+1]); puzzles of group g
 are [group_indices[g], group_indices[g+1]).
 """
+import argparse
 import dataclasses
 import json
 import os
@@ -17,6 +18,15 @@ import numpy as np
 from utils.constants import IGNORE_LABEL_ID  # noqa: F401 (part of this module's interface)
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of the dataset commands: the docstring's examples as written, and every option's default."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS) or not action.option_strings or "%(default)" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
 
 
 class DatasetError(Exception):

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset import maze, sudoku
-from dataset.common import DatasetError, load_split
+from dataset.common import DatasetError, HelpFormatter, load_split
 
 
 def detect_task(vocab_size: int, seq_len: int) -> str:
@@ -65,8 +65,8 @@ def validate_split(data_path: str, split: str, max_examples: int | None = None) 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_path")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("data_path", help="dataset folder (holds identifiers.json, train/, test/)")
     p.add_argument("--split", action="append", default=None, help="split to check (repeatable; default train and test)")
     p.add_argument("--max-examples", type=int, default=None, help="check only the first N examples' labels per split")
     args = p.parse_args(argv)

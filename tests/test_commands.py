@@ -64,3 +64,33 @@ def test_console_commands_of_a_plain_install_run_from_another_folder(tmp_path):
     assert os.path.isfile(work / "run" / "step_2.pt")
     out = run("eqr-evaluate", "checkpoint=run/step_2.pt", "output_dir=results", "progress=false", "plots=false")
     assert "HEADLINE" in out and os.path.isfile(work / "results" / "results.json")
+
+
+def test_training_help_lists_the_presets_and_the_chosen_presets_defaults(capsys):
+    import pretrain
+    with pytest.raises(SystemExit) as stop:
+        pretrain.main(["--help", "--config-name", "train/eqr_sudoku_cpu", "lr=0.5"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "eqr_sudoku_cpu, ff_sudoku" in out and "maze_unique, sudoku" in out
+    for line in ("  max_steps=3000", "  arch.hidden_size=64", "  lr=0.5", "  ema=true", "  run_name=null"):
+        assert line + "\n" in out
+
+
+def test_evaluation_help_lists_the_presets_and_defaults(capsys):
+    import evaluate
+    assert evaluate.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "elastic, headline, paper_grid" in out and "  different_init=1\n" in out and "  checkpoint=???\n" in out
+
+
+@pytest.mark.parametrize("module, default", [("build_sudoku_dataset", "--num-aug NUM_AUG     augmented copies per "
+                                                                      "training puzzle (default: 1000)"),
+                                             ("build_maze_unique_dataset", "random seed (default: 42)")])
+def test_builder_help_shows_defaults_and_the_example_as_written(module, default, capsys):
+    import importlib
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"dataset.{module}").parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert default in out
+    assert f"python -m dataset.{module} --output-dir" in out and " \\\n        --" in out  # line continuation kept
