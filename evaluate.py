@@ -43,6 +43,7 @@ class EvalConfig:
     output_dir: str | None
     device: str | None
     forward_dtype: str | None
+    threads: int | None
     compile: bool | None
     halt_max_steps: int | None
     different_init: int | None
@@ -69,7 +70,7 @@ class EvalConfig:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.rng not in ("keyed", "torch"):
             raise ConfigError(f"rng: expected keyed or torch, got {self.rng!r}")
-        for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps"):
+        for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps", "threads"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
         cfg = parse_config(compose_config("cfg_eval", argv))
-        processes = setup_processes(cfg.device)
+        processes = setup_processes(cfg.device, cfg.threads)
         evaluate(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):

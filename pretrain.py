@@ -43,7 +43,7 @@ from utils.files import atomic_write, remove_stale_temp_files
 from utils.network import reachable
 from utils.processes import StopRequests, broadcast, close_processes, setup_processes, should_report
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
-                              point_latest, shard_name, truncate_metrics, write_shard)
+                              point_latest, prune_checkpoints, shard_name, truncate_metrics, write_shard)
 from utils.typecheck import check_range, check_types
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
@@ -81,6 +81,8 @@ class TrainConfig:
     checkpoint_interval_steps: int | None
     compile: bool | None
     wandb_mode: str | None
+    threads: int | None
+    checkpoint_keep: int | None
 
     def __post_init__(self):
         check_types(self)
@@ -92,7 +94,8 @@ class TrainConfig:
         for key in ("global_batch_size", "epochs", "log_interval_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
-        for key in ("max_steps", "eval_interval_steps", "eval_max_examples", "eval_batch_size", "checkpoint_interval_steps"):
+        for key in ("max_steps", "eval_interval_steps", "eval_max_examples", "eval_batch_size", "checkpoint_interval_steps",
+                    "threads", "checkpoint_keep"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
@@ -207,7 +210,7 @@ def to_device(tree, device):
 
 def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size) -> None:
     """Each rank writes its own carry/RNG/loader shard; rank 0's file also holds the weights.
-    `latest` moves only when every shard of the step is on disk."""
+    `latest` moves only when every shard of the step is on disk; older steps beyond checkpoint_keep go after that."""
     own = {"carry": None if carry is None else to_device(carry.to_dict(), "cpu"),
            "rng": rng_state(device), "loader": loader.state_dict()}
     if rank == 0:
@@ -222,6 +225,7 @@ def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, dev
         dist.barrier()
     if rank == 0:
         point_latest(run_dir, step)
+        prune_checkpoints(run_dir, cfg["checkpoint_keep"])
 
 
 def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world_size):
@@ -344,17 +348,18 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
 # ----------------------------------------------------------------------------- training
 
 def train(cfg: dict, config_name: str) -> None:
-    processes = setup_processes(cfg["device"])
+    tc = parse_train_config(cfg)
+    processes = setup_processes(tc.device, tc.threads)
     try:
         with contextlib.ExitStack() as cleanup, StopRequests() as stop:
-            _train(cfg, config_name, processes.device, processes.rank, processes.world_size, cleanup, stop)
+            _train(cfg, tc, config_name, processes, cleanup, stop)
     finally:
         close_processes(processes)
 
 
-def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, cleanup: contextlib.ExitStack,
+def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
            stop: StopRequests) -> None:
-    tc = parse_train_config(cfg)
+    device, rank, world_size = processes.device, processes.rank, processes.world_size
     if tc.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
     if (tc.eval_batch_size or tc.global_batch_size) % world_size:
@@ -420,6 +425,7 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, clea
         params = sum(p.numel() for p in head.parameters())
         print(f"run {run_dir}: {params / 1e6:.2f}M parameters, {total_steps} steps "
               f"({loader.steps_per_epoch} per epoch), {world_size} process(es) on {device.type}"
+              + (f" with {processes.threads} thread(s)" if device.type == "cpu" else "")
               + (", compiled" if compiled else ", eager")
               + (f", resuming at step {step}" if step else "")
               + ("" if has_test else "; no test split, so no evaluation"), file=sys.stderr)

@@ -245,3 +245,55 @@ def test_the_run_folder_format_round_trip(tmp_path):
     with pytest.raises(pretrain.CheckpointError, match="no intact checkpoint to resume"):
         intact_checkpoint(run, str(tmp_path / "step_3.pt"), 2, 0)
     assert list(slim_checkpoint(state)) == ["format", "step", "config", "model"]
+
+
+def test_prune_checkpoints_keeps_the_newest_steps_up_to_latest_and_nothing_else(tmp_path):
+    from utils.run_folder import point_latest, prune_checkpoints, write_shard
+
+    run, other = tmp_path / "run", tmp_path / "run" / "other-run"
+    for step in range(1, 6):
+        for rank in (0, 1):
+            write_shard(str(run), step, rank, {"step": step, "rank": rank})
+    write_shard(str(other), 1, 0, {"step": 1})
+    (run / "config.yaml").write_text("seed: 0\n")
+    point_latest(str(run), 4)  # step 5 is still being written: past `latest`, so not touched
+
+    def left():
+        return sorted(p.name for p in run.glob("step_*"))
+
+    assert prune_checkpoints(str(run), None) == [] and len(left()) == 10
+    prune_checkpoints(str(run), 2)
+    assert left() == ["step_3.pt", "step_3.rank1.pt", "step_4.pt", "step_4.rank1.pt", "step_5.pt", "step_5.rank1.pt"]
+    prune_checkpoints(str(run), 1)
+    assert left() == ["step_4.pt", "step_4.rank1.pt", "step_5.pt", "step_5.rank1.pt"]
+    assert (other / "step_1.pt").exists() and (run / "config.yaml").exists()
+
+
+def test_checkpoint_keep_after_a_kill_between_save_and_prune_loses_nothing(sudoku_path, tmp_path):
+    args = ["checkpoint_interval_steps=1", "lr=1e-3"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert pretrain.main([*TRM, *overrides(sudoku_path, full, "max_steps=6", "checkpoint_keep=2", *args)]) == 0
+    assert sorted(p.name for p in full.glob("step_*")) == ["step_5.pt", "step_6.pt"]
+    # A run killed after step 4's checkpoint and `latest` were written, before the prune: all four steps remain.
+    assert pretrain.main([*TRM, *overrides(sudoku_path, cut, "max_steps=4", *args)]) == 0
+    assert len(list(cut.glob("step_*"))) == 4
+    assert pretrain.main([*TRM, *overrides(sudoku_path, cut, "max_steps=6", "checkpoint_keep=2", *args,
+                                           "resume=true")]) == 0
+    assert sorted(p.name for p in cut.glob("step_*")) == ["step_5.pt", "step_6.pt"]
+    assert train_losses(cut) == train_losses(full)
+
+
+def test_sigkill_of_a_run_that_prunes_every_step_leaves_a_resumable_latest(sudoku_path, tmp_path):
+    from utils.files import check_archive
+    from utils.run_folder import latest_checkpoint, latest_step
+
+    run = tmp_path / "run"
+    args = [*TRM, *overrides(sudoku_path, run, "checkpoint_interval_steps=1", "checkpoint_keep=1")]
+    proc = start([*args, "max_steps=400"])
+    wait_for(run / "step_5.pt", proc)
+    proc.send_signal(signal.SIGKILL)  # anywhere in a step: saving, moving `latest` or pruning
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    check_archive(latest_checkpoint(str(run)))  # whole and readable
+    step = latest_step(str(run))
+    assert pretrain.main([*args, f"max_steps={step + 1}", "resume=true"]) == 0
+    assert sorted(p.name for p in run.glob("step_*")) == [f"step_{step + 1}.pt"]

@@ -5,10 +5,16 @@ WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; without them this is one process. O
 process i of a node takes cuda:<LOCAL_RANK>, so a node needs at least as many visible GPUs
 as processes; anything that cannot work is refused before a process group exists, so no
 process is left waiting for a peer that will never come.
+
+CPU threads (`threads=`): torch's default is one thread per core, and one OpenMP thread that
+another process keeps off its core stalls every parallel op (2 threads on a 2-core machine with
+one other busy process ran up to 60x slower than 1). So on CPU, unless OMP_NUM_THREADS or
+threads=N says otherwise, a process takes the cores idle at its start (`choose_threads`).
 """
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -34,6 +40,7 @@ class Processes:
     world_size: int
     local_rank: int
     device: torch.device
+    threads: int  # torch's CPU threads in this process
 
     @property
     def distributed(self) -> bool:
@@ -95,21 +102,74 @@ def check_torch_version(version: str = torch.__version__) -> None:
                                 f"project supports; install a newer torch (requirements.txt pins the tested one)")
 
 
-def setup_processes(requested_device: str | None) -> Processes:
-    """Pick this process's device and, under torchrun, join the process group (nccl on CUDA, gloo on CPU)."""
+def idle_cores(interval_s: float = 0.2) -> float | None:
+    """How many of the CPUs this process may use sat idle over the next `interval_s` (from /proc/stat,
+    capped by the cgroup's CPU quota); None where that cannot be read (not Linux)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+    def idle_and_total() -> dict[int, tuple[int, int]]:
+        times = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+        return times
+
+    try:
+        before = idle_and_total()
+        time.sleep(interval_s)
+        after = idle_and_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = 0.0
+    for cpu in cpus:
+        if cpu in before and cpu in after and after[cpu][1] > before[cpu][1]:
+            idle += (after[cpu][0] - before[cpu][0]) / (after[cpu][1] - before[cpu][1])
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            idle = min(idle, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return idle
+
+
+def choose_threads(requested: int | None, device: torch.device, local_world_size: int) -> int | None:
+    """torch's CPU threads for one process; None leaves torch's own choice. An explicit `threads=N` is N.
+    Otherwise, on CPU without OMP_NUM_THREADS: the cores at least 80% idle at start, shared by this node's
+    processes, at least 1 (the count is fixed for the run; a job that starts later can still slow it)."""
+    if requested is not None:
+        return requested
+    if device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    idle = idle_cores()
+    if idle is None:
+        return None
+    return max(1, int(idle / local_world_size + 0.2))
+
+
+def setup_processes(requested_device: str | None, requested_threads: int | None = None) -> Processes:
+    """Pick this process's device and CPU threads and, under torchrun, join the process group (nccl on CUDA,
+    gloo on CPU)."""
     check_torch_version()
     rank, world_size, local_rank, local_world_size = launch_env()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = choose_device(requested_device, local_rank, local_world_size, world_size, gpus)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    threads = choose_threads(requested_threads, device, local_world_size)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if world_size > 1:
         try:
             timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
         except ValueError:
             raise ProcessSetupError(f"{TIMEOUT_ENV}: expected a number of seconds") from None
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-    return Processes(rank, world_size, local_rank, device)
+    return Processes(rank, world_size, local_rank, device, torch.get_num_threads())
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -32,6 +32,7 @@ from utils.files import atomic_save, atomic_write, check_archive
 
 CHECKPOINT_FORMAT = "eqr/1"
 LOCK_NAME = ".lock"
+SHARD_NAME = re.compile(r"step_(\d+)(\.rank\d+)?\.pt")  # shard_name's files
 SLIM_KEYS = ("format", "step", "config", "model", "ema")  # what a released checkpoint keeps: enough to evaluate
 
 
@@ -46,6 +47,23 @@ def write_shard(run_dir: str, step: int, rank: int, state: dict) -> None:
 def point_latest(run_dir: str, step: int) -> None:
     """Make step the one to resume from; call only once every rank's shard of it is written."""
     atomic_write(os.path.join(run_dir, "latest"), shard_name(step, 0) + "\n")
+
+
+def prune_checkpoints(run_dir: str, keep: int | None) -> list[str]:
+    """Delete the shards of all but the newest `keep` steps up to the one `latest` names (None: keep all); call
+    only after `latest` has moved. Only this folder's step files are touched, never those of `latest`'s step or of
+    a step past it, so a kill part-way leaves extra old files (the next save removes them) and loses nothing.
+    Returns the paths deleted."""
+    newest = latest_step(run_dir)
+    if keep is None or newest is None:
+        return []
+    shards = {name: int(match.group(1)) for name in os.listdir(run_dir) if (match := SHARD_NAME.fullmatch(name))}
+    older = sorted({step for step in shards.values() if step < newest})
+    doomed = set(older[:max(len(older) - (keep - 1), 0)])
+    deleted = [os.path.join(run_dir, name) for name, step in sorted(shards.items()) if step in doomed]
+    for path in deleted:
+        os.remove(path)
+    return deleted
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
