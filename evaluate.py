@@ -216,6 +216,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
               f"{'EMA' if info['ema'] else 'raw'} weights) on {data_path}/{cfg.split}: {examples} puzzles, "
               f"depths {list(spec.depths)} x breadths {list(spec.breadths)}, {world_size} process(es) on {device.type}"
+              + (f" with {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
               + (", compiled" if compiled else ", eager")
               + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
     from tqdm import tqdm

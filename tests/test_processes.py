@@ -1,6 +1,9 @@
 """One place maps processes to devices: every combination a user can bring either works or is one error line."""
 import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -80,3 +83,32 @@ def test_cuda_on_a_machine_without_one_is_one_line(tmp_path):
     done = launch.launch("evaluate.py", f"checkpoint={tmp_path / 'x.pt'}", "device=cuda", timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == error_lines(done.stderr) and "use device=cpu" in done.stderr
+
+
+def test_threads_explicit_then_omp_num_threads_then_idle_cores(monkeypatch):
+    from utils.processes import choose_threads
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert choose_threads(5, cpu, 1) == 5
+    assert choose_threads(None, cpu, 1) is None  # torch already follows OMP_NUM_THREADS
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert choose_threads(None, torch.device("cuda", 0), 1) is None
+    assert 1 <= choose_threads(None, cpu, 1) <= len(os.sched_getaffinity(0))
+    assert choose_threads(None, cpu, 10_000) == 1
+
+
+def test_a_core_kept_busy_by_another_process_is_not_counted_idle(monkeypatch):
+    from utils.processes import choose_threads, idle_cores
+    own = os.sched_getaffinity(0)
+    core = min(own)
+    spinner = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    try:
+        os.sched_setaffinity(0, {core})
+        time.sleep(0.3)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert idle_cores() < 0.5
+        assert choose_threads(None, torch.device("cpu"), 1) == 1
+    finally:
+        os.sched_setaffinity(0, own)
+        spinner.kill()
+        spinner.wait()
