@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from evaluation.keyed_rng import KeyedSampler  # noqa: E402
 from utils.errors import RunError  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
+from utils.processes import native_forward_dtype  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.eqr import ModelConfig, RecurrentReasoner  # noqa: E402
 from models.layers import find_multiple, trunc_normal_  # noqa: E402
@@ -196,7 +197,7 @@ def step_flops(config: ModelConfig) -> dict:
 
 # ----------------------------------------------------------------------------- presets
 
-def load_preset(name: str, dtype: str | None) -> tuple[ModelConfig, dict]:
+def load_preset(name: str, dtype: str | None, device: torch.device) -> tuple[ModelConfig, dict]:
     from config import compose_train_config
 
     cfg = compose_train_config(f"train/{name}", [])
@@ -212,6 +213,8 @@ def load_preset(name: str, dtype: str | None) -> tuple[ModelConfig, dict]:
     arch = {k: v for k, v in cfg["arch"].items() if k not in ("seq_len", "vocab_size")}
     if dtype:
         arch["forward_dtype"] = dtype
+    if arch["forward_dtype"] == "auto":
+        arch["forward_dtype"] = native_forward_dtype(device)
     return ModelConfig.from_dict(arch, seq_len=seq_len, vocab_size=vocab), cfg
 
 
@@ -393,7 +396,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-batch", type=int, default=None, help="evaluation batch for every preset")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 2 quick, 3 full)")
-    parser.add_argument("--dtype", default=None, help="override every preset's forward_dtype")
+    parser.add_argument("--dtype", default=None, help="override every preset's forward_dtype (auto: as pretrain.py picks it)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the torch.compile'd core (default: on CUDA only; compiling on a CPU takes minutes)")
     parser.add_argument("--compile-backend", default="inductor",
@@ -448,7 +451,7 @@ def run(args) -> int:
 
     compile_too = args.compile if args.compile is not None else device.type == "cuda"
     for name in args.presets:
-        config, cfg = load_preset(name, args.dtype)
+        config, cfg = load_preset(name, args.dtype, device)
         train_batch, eval_batch = batch_sizes(name, cfg, args, device)
         flops = step_flops(config)
         dtype_peak = peak["float32" if config.forward_dtype == "float32" else "bfloat16"]

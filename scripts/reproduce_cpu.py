@@ -192,7 +192,7 @@ def train_cmd(run: Run, resume: bool) -> list:
     return [sys.executable, "pretrain.py", "--config-name", f"train/{run.preset}",
             f"data_path={DATASETS[run.task].path}", f"checkpoint_path={run.path}", f"run_name={run.name}",
             f"seed={run.seed}", f"max_steps={run.steps}", "log_interval_steps=50", "eval_interval_steps=500",
-            "checkpoint_interval_steps=500",
+            "checkpoint_interval_steps=500", "arch.forward_dtype=bfloat16",  # as measured, not the presets' auto
             *run.overrides, f"resume={'true' if resume else 'false'}"]
 
 

@@ -195,3 +195,12 @@ def test_reference_key_dataset_data_path_is_an_alias():
 def test_cpu_presets_compose(name):
     tc = pretrain.parse_train_config(pretrain.compose_train_config(f"train/{name}", []))
     assert tc.device == "cpu" and tc.global_batch_size <= 64 and tc.arch["hidden_size"] <= 128
+
+
+def test_forward_dtype_auto_is_resolved_and_saved(sudoku_path, tmp_path):
+    from utils.processes import native_forward_dtype
+    run = tmp_path / "run"
+    args = [a for a in overrides(sudoku_path, run, "max_steps=1") if not a.startswith("arch.forward_dtype=")]
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *args, "arch.forward_dtype=auto"]) == 0
+    saved = torch.load(run / "step_1.pt", weights_only=True)["config"]["arch"]["forward_dtype"]
+    assert saved == native_forward_dtype(torch.device("cpu")) and saved in ("bfloat16", "float32")
