@@ -2,6 +2,8 @@
 # The main job on a fresh machine, CPU only, no network: install, build a small offline Sudoku
 # set, train the CPU EqR preset for a few minutes, evaluate a depth x breadth grid, print the
 # table and write the plots. Rerunning it reuses the venv, the data and the finished run.
+# Training and evaluation pick their CPU threads from the cores idle at start (threads=null), so a
+# busy machine slows them by its share, not many times over; OMP_NUM_THREADS=N still decides if set.
 #   bash scripts/quickstart.sh            (QUICKSTART_STEPS=3000 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +33,9 @@ resume=false
 python pretrain.py --config-name train/eqr_sudoku_cpu data_path="$DATA" run_name=quickstart \
     max_steps="$STEPS" resume="$resume"
 
-# 3. evaluate the last checkpoint on a depth x breadth grid, in one pass
+# 3. evaluate the last checkpoint on a depth x breadth grid, in one pass, on the first 128 test puzzles
+#    (batches of 8, so that the progress bar moves every few seconds; answers do not depend on the batch)
 python evaluate.py checkpoint="$RUN_DIR/$(cat "$RUN_DIR/latest")" data_path="$DATA" \
-    depths=[1,2,4,8,16,32] breadths=[1,4,16] halt=true global_batch_size=32 max_eval_steps=4 \
-    output_dir="$OUT" progress=false
+    depths=[1,2,4,8,16,32] breadths=[1,4,16] halt=true global_batch_size=8 max_eval_steps=16 \
+    output_dir="$OUT"
 echo "plots and results: $OUT/"
