@@ -196,3 +196,22 @@ def test_shell_wrapper_runs_the_script_offline(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "downloaded_checkpoints/maze-unique/eqr.pth").read_bytes() == b"maze"
     assert not (tmp_path / "data").exists()
+
+
+def test_a_resolver_that_never_answers_is_bounded_too(monkeypatch):
+    import socket
+
+    from utils.network import reachable
+
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(30)
+        raise socket.gaierror("no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    started = time.time()
+    assert not reachable("https://huggingface.co", timeout=1.0)
+    assert time.time() - started < 3
+    started = time.time()
+    monkeypatch.undo()
+    assert not reachable("http://127.0.0.1:9", timeout=10.0)  # refused: answered at once, not after the timeout
+    assert time.time() - started < 2
