@@ -233,17 +233,27 @@ class ReasoningCore(nn.Module):
             return self.step(z_H, z_L, inputs, sampler)
 
     def step(self, z_H, z_L, inputs, sampler):
+        z_H, z_L = self.segment(z_H, z_L, inputs, sampler)
+        logits, q = self.readout(z_H)
+        return z_H.detach(), z_L.detach(), logits, q
+
+    def segment(self, z_H, z_L, inputs, sampler):
+        """The segment map (z_H, z_L) -> the latents after one supervision step, not detached.
+
+        Backward reaches only the last H cycle (no_grad); forward-mode AD (torch.func.jvp) passes
+        through all of them, which is what evaluation/lyapunov.py differentiates.
+        """
         x = self.embed_scale * self.embed_tokens(inputs)
         if self.config.feedforward:
-            z_H = self.L_level(z_H, x, self.rotary, sampler)
-        else:
-            with torch.no_grad():
-                for _ in range(self.config.H_cycles - 1):
-                    z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-            z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-        logits = self.lm_head(z_H)
-        q = self.q_head(z_H[:, 0]).float()[:, 0]
-        return z_H.detach(), z_L.detach(), logits, q
+            return self.L_level(z_H, x, self.rotary, sampler), z_L
+        with torch.no_grad():
+            for _ in range(self.config.H_cycles - 1):
+                z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+        return self.recursion(z_H, z_L, x, sampler)
+
+    def readout(self, z_H):
+        """-> logits [batch, seq, vocab] in forward dtype, halting logit q [batch] float32."""
+        return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()[:, 0]
 
 
 def compile_core(core: ReasoningCore, setting: bool | None, device: torch.device) -> bool:
