@@ -10,6 +10,7 @@ plots to output_dir; resume=true continues a killed run. Keys and defaults: conf
 the measures: docs/diagnostics.md. The model runs in float32 here, tangents included.
 """
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from config import compose_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
-from evaluate import checkpoint_name, train_setting
+from evaluate import KILL_AFTER_ENV, checkpoint_name, train_setting
 from evaluation import diagnostics_summary as summary_file
 from evaluation.grid import fingerprint, load_partial, partial_path
 from evaluation.keyed_rng import KeyedSampler
@@ -160,6 +161,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     from tqdm import tqdm
     bar = tqdm(total=examples, initial=min(start_batch * cfg.global_batch_size, examples), unit="puzzle",
                desc=f"diagnose D{depth} k{cfg.lyapunov_k}", disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))  # testing aid, as in evaluate.py
     started = time.time()
     for batch_index, batch in enumerate(iter_test_batches(data_path, cfg.global_batch_size, rank, world_size, cfg.split,
                                                           examples, start_batch=start_batch), start=start_batch):
@@ -177,6 +179,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
             parts = [records]
             atomic_save({"fingerprint": fingerprint(identity), "identity": identity, "next_batch": done,
                          "records": records, "seconds": seconds_before + time.time() - started}, own_partial)
+        if kill_after and done - start_batch >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     wall = seconds_before + time.time() - started
     records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}

@@ -83,3 +83,20 @@ def test_bad_settings_end_with_one_line(checkpoint, tmp_path, capsys, arg, messa
     assert diagnose.main([f"checkpoint={checkpoint}", f"output_dir={tmp_path}", arg]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow  # four runs, three of them fresh processes
+def test_killed_run_resumes_to_the_same_rows(checkpoint, tmp_path):
+    base = [f"checkpoint={checkpoint}", "global_batch_size=2", "save_every_batches=2", "plots=false", *ARGS]
+    killed = launcher.launch("diagnose.py", *base, f"output_dir={tmp_path / 'cut'}",
+                             env_extra={diagnose.KILL_AFTER_ENV: "3"})
+    assert killed.returncode == -9  # SIGKILL after 3 of 5 batches; the partial rows cover the first 2
+    assert os.listdir(tmp_path / "cut" / "partial") == ["rank0-of-1.pt"]
+    refused = launcher.launch("diagnose.py", *base, f"output_dir={tmp_path / 'cut'}", "resume=true", "lyapunov_k=1")
+    assert refused.returncode == 2 and "lyapunov_k=" in refused.stderr
+    resumed = launcher.launch("diagnose.py", *base, f"output_dir={tmp_path / 'cut'}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at batch 2/5" in resumed.stderr
+    assert diagnose.main([*base, f"output_dir={tmp_path / 'whole'}"]) == 0
+    assert read_rows(tmp_path / "cut") == read_rows(tmp_path / "whole")
+    assert not os.path.exists(tmp_path / "cut" / "partial")
