@@ -19,20 +19,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from config import compose_config
-from dataset.common import DatasetError, load_metadata, load_split
+from dataset.common import load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
-from evaluate import KILL_AFTER_ENV, checkpoint_name, train_setting
+from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
 from evaluation import diagnostics_summary as summary_file
-from evaluation.grid import fingerprint, load_partial, partial_path
+from evaluation.grid import fingerprint, partial_path, remove_partial, resume_partial
 from evaluation.keyed_rng import KeyedSampler
 from evaluation.lyapunov import trace_batch
 from evaluation.report import write_json
 from models.checkpoint import load_for_eval
 from models.losses import IGNORE_LABEL_ID
-from utils.errors import CheckpointError, ConfigError, RunError
+from utils.errors import ConfigError
 from utils.files import atomic_save
-from utils.processes import broadcast, close_processes, setup_processes, should_report
+from utils.processes import broadcast
 from utils.typecheck import check_types
 
 
@@ -114,14 +113,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
     inner = head.model.inner.to(device).eval()
     model_config = inner.config
-    data_path = cfg.data_path or train_setting(info["train_config"], "data_path")
-    if not data_path:
-        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
-    meta = load_metadata(data_path, cfg.split)
-    for key in ("seq_len", "vocab_size"):
-        if getattr(meta, key) != getattr(model_config, key):
-            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
-                              f"the checkpoint's model {getattr(model_config, key)}")
+    data_path = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)
     if cfg.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {cfg.global_batch_size} does not split over {world_size} processes")
     depth = cfg.depth or model_config.halt_max_steps
@@ -143,15 +135,9 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "diagnostics", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
     own_partial = partial_path(output_dir, rank, world_size)
-    parts, start_batch, seconds_before = [], 0, 0.0
-    if cfg.resume and os.path.isfile(own_partial):
-        state = load_partial(own_partial, identity)
-        parts, start_batch, seconds_before = [state["records"]], state["next_batch"], state["seconds"]
-    elif os.path.isfile(os.path.join(output_dir, "summary.json")):
-        raise ConfigError(f"output_dir: {output_dir} holds a finished diagnostics run; choose another output_dir")
-    elif not cfg.resume and os.path.isdir(os.path.dirname(own_partial)) and os.listdir(os.path.dirname(own_partial)):
-        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished run; "
-                          f"pass resume=true to continue it or choose another output_dir")
+    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
+    parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \
+        ([], 0, 0.0)
 
     if rank == 0:
         print(f"diagnosing {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}) on {data_path}/{cfg.split}: "
@@ -207,37 +193,12 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
         print(summary_file.format_summary(result))
         print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
               f"results in {output_dir}/")
-    if world_size > 1:
-        dist.barrier()
-    if os.path.isfile(own_partial):
-        os.remove(own_partial)
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0 and os.path.isdir(os.path.dirname(own_partial)) and not os.listdir(os.path.dirname(own_partial)):
-        os.rmdir(os.path.dirname(own_partial))
+    remove_partial(output_dir, rank, world_size)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    processes = None
-    try:
-        flags = [a for a in argv if a.startswith("-")]
-        if flags:
-            raise ConfigError(f"{flags[0]}: unknown flag (diagnose.py takes key=value overrides only)")
-        cfg = parse_config(compose_config("cfg_diagnose", argv))
-        processes = setup_processes(cfg.device)
-        diagnose(cfg, processes.rank, processes.world_size, processes.device)
-    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
-        if should_report(e):
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        close_processes(processes)
-    return 0
+    return run_entry(argv, __doc__, "cfg_diagnose", parse_config, diagnose)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from config import compose_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import report
-from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
-                             save_partial)
+from evaluation.grid import (GridSpec, fingerprint, memory_lower_bound, partial_path, remove_partial, resume_partial,
+                             run_batch, save_partial)
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
@@ -117,6 +117,19 @@ def train_setting(train_config: dict, key: str):
     return None
 
 
+def dataset_for(data_path: str | None, train_config: dict, split: str, model_config) -> str:
+    """The dataset to run on (the one given, else the checkpoint's), checked against the model's shapes."""
+    data_path = data_path or train_setting(train_config, "data_path")
+    if not data_path:
+        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
+    meta = load_metadata(data_path, split)
+    for key in ("seq_len", "vocab_size"):
+        if getattr(meta, key) != getattr(model_config, key):
+            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
+                              f"the checkpoint's model {getattr(model_config, key)}")
+    return data_path
+
+
 def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     depths = cfg.depths or [cfg.halt_max_steps or model_config.halt_max_steps]
     breadths = cfg.breadths or [cfg.different_init or 1]
@@ -165,14 +178,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     compiled = compile_core(inner, cfg.compile, device)
     train_config = info["train_config"]
 
-    data_path = cfg.data_path or train_setting(train_config, "data_path")
-    if not data_path:
-        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
-    meta = load_metadata(data_path, cfg.split)
-    for key in ("seq_len", "vocab_size"):
-        if getattr(meta, key) != getattr(model_config, key):
-            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
-                              f"the checkpoint's model {getattr(model_config, key)}")
+    data_path = dataset_for(cfg.data_path, train_config, cfg.split, model_config)
     global_batch_size = cfg.global_batch_size or train_setting(train_config, "global_batch_size")
     if not global_batch_size:
         raise ConfigError("global_batch_size: the checkpoint does not record one; pass global_batch_size=N")
@@ -199,15 +205,10 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     counts = torch.zeros(spec.size, dtype=torch.long, device=device)
     start_batch, seconds_before, depth_seconds = 0, 0.0, [0.0] * len(spec.depths)
     own_partial = partial_path(output_dir, rank, world_size)
-    if cfg.resume and os.path.isfile(own_partial):
-        state = load_partial(own_partial, identity)
+    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "results.json")
+    if state is not None:
         counts += state["counts"].to(device)
         start_batch, seconds_before, depth_seconds = state["next_batch"], state["seconds"], state["depth_seconds"]
-    elif os.path.isfile(os.path.join(output_dir, "results.json")):
-        raise ConfigError(f"output_dir: {output_dir} holds the results of a finished evaluation; choose another output_dir")
-    elif not cfg.resume and os.path.isdir(os.path.dirname(own_partial)) and os.listdir(os.path.dirname(own_partial)):
-        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished sweep; "
-                          f"pass resume=true to continue it or choose another output_dir")
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
 
@@ -246,14 +247,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     results = None
     if rank == 0:
         results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device)
-    if world_size > 1:
-        dist.barrier()
-    if os.path.isfile(own_partial):  # the finished results replace this rank's partial counts
-        os.remove(own_partial)
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0 and os.path.isdir(os.path.dirname(own_partial)) and not os.listdir(os.path.dirname(own_partial)):
-        os.rmdir(os.path.dirname(own_partial))
+    remove_partial(output_dir, rank, world_size)  # the finished results replace the partial counts
     return results
 
 
@@ -300,19 +294,21 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_entry(argv: list[str] | None, doc: str, config_name: str, parse, run) -> int:
+    """An entry point's life: --help, compose and check the config, set up processes, run, and turn a
+    known error into one `error:` line and exit status 2. Shared with diagnose.py."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+        print(doc)
         return 0
     processes = None
     try:
         flags = [a for a in argv if a.startswith("-")]
         if flags:
-            raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
-        cfg = parse_config(compose_config("cfg_eval", argv))
+            raise ConfigError(f"{flags[0]}: unknown flag (this entry point takes key=value overrides only)")
+        cfg = parse(compose_config(config_name, argv))
         processes = setup_processes(cfg.device)
-        evaluate(cfg, processes.rank, processes.world_size, processes.device)
+        run(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
@@ -320,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close_processes(processes)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry(argv, __doc__, "cfg_eval", parse_config, evaluate)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,16 @@ def write_plots(output_dir: str, table: dict[str, np.ndarray], depth: int, prefi
     outcomes = [(~failed, "solved", "tab:blue"), (failed, "failed", "tab:red")]
     written = []
 
+    def finish(name, xlabel, ylabel, title) -> str:  # label, save and close the current figure
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        path = os.path.join(output_dir, name)
+        _save_figure(fig, path)
+        plt.close(fig)
+        return path
+
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     segments = np.arange(1, depth + 1)
     reldisp = np.stack([table[f"reldisp_{t}"] for t in segments], 1)
@@ -183,25 +193,15 @@ def write_plots(output_dir: str, table: dict[str, np.ndarray], depth: int, prefi
             ax.plot(segments, median, color=colour, label=f"{label} ({rows.sum()}), median")
             ax.fill_between(segments, q1, q3, color=colour, alpha=0.25)
     ax.set_yscale("log")
-    ax.set_xlabel("segment (supervision step)")
-    ax.set_ylabel("relative displacement of (z_H, z_L)")
-    ax.set_title("displacement per segment by outcome (median, quartiles)")
-    ax.legend()
-    written.append(os.path.join(output_dir, "displacement_by_outcome.png"))
-    _save_figure(fig, written[-1])
-    plt.close(fig)
+    written.append(finish("displacement_by_outcome.png", "segment (supervision step)",
+                          "relative displacement of (z_H, z_L)", "displacement per segment by outcome (median, quartiles)"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for rows, label, colour in outcomes:
         ax.scatter(table[f"reldisp_{depth}"][rows], table["lyap_1"][rows], s=8, color=colour, label=label, alpha=0.6)
     ax.set_xscale("log")
-    ax.set_xlabel(f"final relative displacement (segment {depth})")
-    ax.set_ylabel("finite-time lambda_1 (per segment)")
-    ax.set_title("leading exponent vs final displacement")
-    ax.legend()
-    written.append(os.path.join(output_dir, "lyap1_vs_displacement.png"))
-    _save_figure(fig, written[-1])
-    plt.close(fig)
+    written.append(finish("lyap1_vs_displacement.png", f"final relative displacement (segment {depth})",
+                          "finite-time lambda_1 (per segment)", "leading exponent vs final displacement"))
 
     fig, ax = plt.subplots(figsize=(5, 5))
     scores = [("lambda_1", table["lyap_1"], np.ones_like(failed)),
@@ -215,11 +215,6 @@ def write_plots(output_dir: str, table: dict[str, np.ndarray], depth: int, prefi
         if len(f) and len(ok):
             ax.plot(*roc_points(f, ok), label=f"{name}: AUC {mann_whitney_auc(f, ok):.3f}")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("successes flagged (false positive rate)")
-    ax.set_ylabel("failures flagged (true positive rate)")
-    ax.set_title("predicting failure")
-    ax.legend(fontsize=7)
-    written.append(os.path.join(output_dir, "roc.png"))
-    _save_figure(fig, written[-1])
-    plt.close(fig)
+    written.append(finish("roc.png", "successes flagged (false positive rate)", "failures flagged (true positive rate)",
+                          "predicting failure"))
     return written

@@ -257,3 +257,32 @@ def load_partial(path: str, identity: dict) -> dict:
         raise ConfigError(f"{path}: written with {diff}={saved.get(diff)!r}, this run has {diff}={now.get(diff)!r}; "
                           f"resume with the same settings or use another output_dir")
     return state
+
+
+def resume_partial(output_dir: str, rank: int, world_size: int, identity: dict, resume: bool, finished: str,
+                   what: str = "evaluation") -> dict | None:
+    """This rank's saved progress when resuming (None: start from the beginning); refuses to overwrite a
+    finished `what` (its `finished` file exists) or, without resume, an unfinished one."""
+    own = partial_path(output_dir, rank, world_size)
+    if resume and os.path.isfile(own):
+        return load_partial(own, identity)
+    if os.path.isfile(os.path.join(output_dir, finished)):
+        raise ConfigError(f"output_dir: {output_dir} holds the results of a finished {what}; choose another output_dir")
+    if not resume and os.path.isdir(os.path.dirname(own)) and os.listdir(os.path.dirname(own)):
+        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished {what}; "
+                          f"pass resume=true to continue it or choose another output_dir")
+    return None
+
+
+def remove_partial(output_dir: str, rank: int, world_size: int) -> None:
+    """Once the outputs are written: every rank drops its partial file, then rank 0 the empty folder."""
+    import torch.distributed as dist
+    own = partial_path(output_dir, rank, world_size)
+    if world_size > 1:
+        dist.barrier()
+    if os.path.isfile(own):
+        os.remove(own)
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0 and os.path.isdir(os.path.dirname(own)) and not os.listdir(os.path.dirname(own)):
+        os.rmdir(os.path.dirname(own))
