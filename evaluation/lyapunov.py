@@ -74,6 +74,8 @@ class SegmentNoise:
         self.used = 0
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
+        if not self.draws:  # noise_scale 0 (noise=off): the block stack scales this by 0
+            return torch.zeros_like(like)
         draw = self.draws[self.used]
         self.used += 1
         return draw
@@ -117,7 +119,7 @@ def trace_batch(inner, batch: dict, depth: int, k: int, breadth: int, sampler, s
         noise = SegmentNoise(sampler, z_H, calls)
         with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode derivative
             next_state, images, (logits, q) = push_frame(lambda x: segment(x, noise), state, frame)
-        if noise.used != calls:
+        if calls and noise.used != calls:
             raise RuntimeError(f"a segment drew path noise {noise.used} times, expected {calls}")
         frame, growth = orthonormalise(images)
         log_growth += growth.double()

@@ -79,9 +79,9 @@ class _RowNoise:
         return self.noise_of_all.noise(like)[self.row:self.row + 1]
 
 
-@pytest.mark.parametrize("arch", [dict(TINY), dict(TINY, mlp_t=True), dict(TINY, lambda_=1.0, noise_scale=0.0,
-                                                                           random_init=False)],
-                         ids=["eqr-attention", "eqr-token-mlp", "trm"])
+@pytest.mark.parametrize("arch", [dict(TINY), dict(TINY, mlp_t=True), dict(TINY, noise_scale=0.0),
+                                  dict(TINY, lambda_=1.0, noise_scale=0.0, random_init=False)],
+                         ids=["eqr-attention", "eqr-token-mlp", "eqr-noise-off", "trm"])
 def test_exponents_match_dense_jacobians_on_a_tiny_model(arch):
     torch.manual_seed(1)
     inner = ReasoningCore(ModelConfig(**arch)).eval()
