@@ -133,7 +133,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
                 "noise": cfg.noise, "prefix_segments": cfg.prefix_segments, "model": model_config.to_dict(),
                 "device_type": device.type}
     output_dir = broadcast(cfg.output_dir or os.path.join(
-        "diagnostics", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
+        "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
     own_partial = partial_path(output_dir, rank, world_size)
     state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
     parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \
@@ -152,11 +152,9 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     for batch_index, batch in enumerate(iter_test_batches(data_path, cfg.global_batch_size, rank, world_size, cfg.split,
                                                           examples, start_batch=start_batch), start=start_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        rows = batch["index"].shape[0] * cfg.breadth
         sampler = KeyedSampler(seed, batch["index"].repeat_interleave(cfg.breadth),
                                torch.arange(cfg.breadth, device=device).repeat(batch["index"].shape[0]))
         traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments)
-        assert traced["lyap"].shape[0] == rows
         parts.append(batch_records(batch, traced, cfg.breadth))
         bar.update(max(0, min(cfg.global_batch_size, examples - batch_index * cfg.global_batch_size)))
         done = batch_index + 1
