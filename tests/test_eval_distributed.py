@@ -36,6 +36,7 @@ def checkpoints(tmp_path_factory):
     return made
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eqr", "trm"])
 def test_two_processes_equal_one_process_with_one_ranks_batch(checkpoints, tmp_path, name):
     two = launch(2, f"checkpoint={checkpoints[name]}", f"output_dir={tmp_path / 'two'}", "global_batch_size=4", *GRID)
@@ -49,6 +50,7 @@ def test_two_processes_equal_one_process_with_one_ranks_batch(checkpoints, tmp_p
     assert not os.path.exists(tmp_path / "two" / "partial")  # finished: no partial counts left behind
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_counts(checkpoints, tmp_path):
     base = [f"checkpoint={checkpoints['eqr']}", "global_batch_size=1", "save_every_batches=2", *GRID]
     killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={evaluate.KILL_AFTER_ENV: "5"})

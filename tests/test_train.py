@@ -82,6 +82,7 @@ def run_cli(args, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudoku_path, tmp_path):
     # EqR (random latents, noise, halting exploration) so that every random stream matters.
     common = ["--config-name", "train/eqr_sudoku", "max_steps=60", "log_interval_steps=1", "checkpoint_interval_steps=10",

@@ -30,6 +30,7 @@ def run(nproc, run_dir, data_path, *extra):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_trajectory(sudoku_path, tmp_path):
     single = run(1, tmp_path / "one", sudoku_path, "max_steps=8")
     double = run(2, tmp_path / "two", sudoku_path, "max_steps=6")
