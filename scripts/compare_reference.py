@@ -123,10 +123,9 @@ def make_batches(steps: int, seq_len: int, vocab: int) -> list[dict]:
              "puzzle_identifiers": torch.zeros(BATCH_SIZE, dtype=torch.int32)} for _ in range(steps)]
 
 
-def record_outputs(record: dict, carry_z: tuple, halted, steps, logits, q) -> None:
-    record.update({"logits": logits.detach().clone(), "q_halt_logits": q.detach().clone(),
-                   "halted": halted.clone(), "steps": steps.clone(),
-                   "z_H": carry_z[0].clone(), "z_L": carry_z[1].clone()})
+def step_outputs(z_H, z_L, halted, steps, logits, q) -> dict:
+    return {"z_H": z_H.detach().clone(), "z_L": z_L.detach().clone(), "halted": halted.clone(),
+            "steps": steps.clone(), "logits": logits.detach().clone(), "q_halt_logits": q.detach().clone()}
 
 
 def record_grads(head, records: list[dict]):
@@ -149,9 +148,9 @@ def run_reference(ref, head, batches: list[dict], seed: int) -> list[dict]:
                            total_steps=len(batches), steps_per_epoch=len(batches), ema_helper=ema)
     records = []
     optimizer.register_step_pre_hook(record_grads(head, records))
-    head.model.register_forward_hook(lambda module, args, out: record_outputs(
-        records[-1], (out[0].inner_carry.z_H, out[0].inner_carry.z_L), out[0].halted, out[0].steps,
-        out[1]["logits"], out[1]["q_halt_logits"]))
+    head.model.register_forward_hook(lambda module, args, out: records[-1].update(step_outputs(
+        out[0].inner_carry.z_H, out[0].inner_carry.z_L, out[0].halted, out[0].steps,
+        out[1]["logits"], out[1]["q_halt_logits"])))
     head.register_forward_hook(lambda module, args, out: records[-1].update(loss=out[1].detach().clone()))
     head.train()
     torch.manual_seed(seed)
@@ -188,9 +187,9 @@ def run_ours(head, batches: list[dict], seed: int) -> list[dict]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(head)
-        record_outputs(records[-1], (carry.z_H, carry.z_L), carry.halted, carry.steps, out["logits"],
-                       out["q_halt_logits"])
-        records[-1].update(loss=loss.detach().clone(), **snapshot("weight", head.state_dict()),
+        records[-1].update(step_outputs(carry.z_H, carry.z_L, carry.halted, carry.steps, out["logits"],
+                                        out["q_halt_logits"]),
+                           loss=loss.detach().clone(), **snapshot("weight", head.state_dict()),
                            **snapshot("ema", ema.shadow))
     return records
 
@@ -210,13 +209,16 @@ def main():
     parser.add_argument("--ref", required=True, help="checkout of github.com/locuslab/EqR")
     parser.add_argument("--steps", type=int, default=20, help="training steps per case (default 20)")
     args = parser.parse_args()
+    if args.steps < 1:
+        sys.exit(f"error: --steps: expected a positive number of training steps, got {args.steps}")
     ref_dir = os.path.abspath(args.ref)
     if not os.path.isfile(os.path.join(ref_dir, "models", "eqr.py")):
         sys.exit(f"error: {args.ref}: not a checkout of the reference (models/eqr.py missing)")
     try:
         ref = import_reference(ref_dir)
     except ImportError as e:
-        sys.exit(f"error: {args.ref}: cannot import the reference ({e}); run with its dependencies installed")
+        sys.exit(f"error: {args.ref}: cannot import the reference ({e}); it needs its dependencies and an "
+                 f"adam_atan2 module (docs/reference_notes.md)")
     sys.path.insert(0, ROOT)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} training steps per case, "
           f"batch {BATCH_SIZE}, eager")
