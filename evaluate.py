@@ -6,6 +6,7 @@
 One cell, as the reference:  halt_max_steps=64 different_init=128 convergence_top_k=1 global_batch_size=16
 A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128]   (or eval=paper_grid)
 Elastic budget (halting):    halt=true [halt_threshold=0]
+The authors' form:           eval_yaml=config/eval/depth_breadth.yaml dataset_data_path=DATA   (scripts/eval.sh)
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
 Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
 """

@@ -6,7 +6,7 @@
 - An alias is renamed to our key (`dataset_data_path` -> `data_path`).
 - A key of their configs with no counterpart here is dropped with a one-line notice of what it does
   here, or refused in one line where its value asks for something this code does not do.
-The same table, with what each key did there, is in docs/reference_notes.md.
+The keys by kind, and the authors' commands that work here: docs/reference_notes.md, "Their commands here".
 """
 import json
 import os
