@@ -22,8 +22,8 @@ def compose_config(config_name: str, overrides: list[str], entry: str, eval_yaml
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name=os.path.basename(config_name)):
             cfg = compose(config_name=config_name, overrides=overrides)
-        if eval_yaml:
-            merge_eval_yaml(cfg, eval_yaml, overrides, entry)
+        if eval_yaml is not None:
+            merge_eval_yaml(cfg, eval_yaml, overrides)
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as e:
         unknown = re.match(r"Could not override '([^']+)'", str(e))
@@ -35,29 +35,29 @@ def compose_config(config_name: str, overrides: list[str], entry: str, eval_yaml
     return reference_keys.apply_reference_keys(entry, container)
 
 
-def merge_eval_yaml(cfg, path: str, overrides: list[str], entry: str) -> None:
+def merge_eval_yaml(cfg, path: str, overrides: list[str]) -> None:
     """The authors' `eval_yaml=FILE`: its keys replace the composed values, except those set on the command line."""
+    import yaml
     from omegaconf.errors import OmegaConfBaseException
 
     if not os.path.isfile(path):
         raise ConfigError(f"eval_yaml: {path}: no such file")
     try:
         loaded = OmegaConf.load(path)
-    except (OSError, ValueError, OmegaConfBaseException) as e:  # yaml's errors are ValueErrors
-        raise ConfigError(f"eval_yaml: {path}: not a readable yaml file ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError(f"eval_yaml: {path}: not a readable yaml file ({' '.join(str(e).split())})") from None
     if not OmegaConf.is_dict(loaded):
         raise ConfigError(f"eval_yaml: {path}: expected a mapping of evaluation keys")
     loaded = OmegaConf.to_container(loaded, resolve=False)  # `${halt_max_steps}` resolves against the final config
     on_command_line = {o.partition("=")[0].lstrip("+~").split(".")[0] for o in overrides}
     OmegaConf.set_struct(cfg, False)
     for key, value in loaded.items():
-        name = reference_keys.ALIASES[entry].get(key, key)
-        if name not in cfg and name not in reference_keys.their_keys(entry):
+        name = reference_keys.ALIASES["eval"].get(key, key)
+        if name not in cfg and name not in reference_keys.their_keys("eval"):
             raise ConfigError(f"{path}: {key}: unknown evaluation key (the known ones are in config/cfg_eval.yaml "
                               f"and docs/reference_notes.md)")
         if name not in on_command_line:
             cfg[name] = value
-
 
 
 def compose_train_config(config_name: str, overrides: list[str]) -> dict:

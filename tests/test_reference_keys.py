@@ -4,6 +4,7 @@ The key lists below are written out from the authors' config files (config/cfg_p
 config/train/*.yaml, config/arch/*.yaml, config/dataset/*.yaml, config/eval/depth_breadth.yaml,
 config/schema.py and evaluators/eval_config.py of github locuslab/EqR), not read from our table.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -101,7 +102,7 @@ def test_eval_yaml_is_their_file_and_the_command_line_wins(tmp_path, capsys):
                                                      "halt_max_steps=64", "+different_init=128"]))
     assert (cli.halt_max_steps, cli.different_init) == (64, 128)  # their param_iter follows ${halt_max_steps}
     preset = evaluate.parse_config(compose_eval_config(["eval=depth_breadth", "checkpoint=c.pt", "halt_max_steps=64"]))
-    assert preset == cli.__class__(**{**vars(cli), "different_init": 1})
+    assert preset == dataclasses.replace(cli, different_init=1)  # the same file as a preset, eval=depth_breadth
 
     mine = tmp_path / "mine.yaml"
     mine.write_text("halt_max_steps: 8\nparam_iter:\n  arch.halt_max_steps: [2, 8]\ndataset_data_path: data/y\n")
@@ -110,11 +111,13 @@ def test_eval_yaml_is_their_file_and_the_command_line_wins(tmp_path, capsys):
     capsys.readouterr()
 
     mine.write_text("halt_max_steps: 8\nhalt_max_step: 4\n")
-    with pytest.raises(ConfigError, match=f"^{mine}: halt_max_step: unknown evaluation key"):
-        compose_eval_config([f"eval_yaml={mine}", "checkpoint=c.pt"])
-    mine.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
-        compose_eval_config([f"eval_yaml={mine}", "checkpoint=c.pt"])
+    assert evaluate.main([f"eval_yaml={mine}", "checkpoint=c.pt"]) == 2
+    assert capsys.readouterr().err == f"error: {mine}: halt_max_step: unknown evaluation key (the known ones are in " \
+                                      f"config/cfg_eval.yaml and docs/reference_notes.md)\n"
+    for text, message in [("- 1\n- 2\n", "expected a mapping"), ("a: [\n", "not a readable yaml file")]:
+        mine.write_text(text)
+        with pytest.raises(ConfigError, match=f"^eval_yaml: {mine}: {message}"):
+            compose_eval_config([f"eval_yaml={mine}", "checkpoint=c.pt"])
 
 
 @pytest.fixture(scope="module")
