@@ -173,3 +173,16 @@ def test_eval_sh_runs_one_cell_d16_b1_unless_overridden(overrides, their_run, su
 def test_eval_sh_without_a_checkpoint_prints_usage():
     done = eval_sh()
     assert done.returncode == 2 and "scripts/eval.sh CHECKPOINT" in done.stdout
+
+
+@pytest.mark.slow
+def test_eval_sweep_sh_runs_the_paper_grid_preset(their_run, sudoku_dir, tmp_path):  # noqa: F811 (fixture)
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "eval_sweep.sh"), str(their_run / "step_2.pt"),
+                           f"data_path={sudoku_dir}", f"output_dir={out}", "depths=[1,2]", "breadths=[1,2]",
+                           "device=cpu", "plots=false", "progress=false"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["depth"], r["breadth"]) for r in results["rows"]} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    assert results["identity"]["global_batch_size"] == 16  # from eval=paper_grid
