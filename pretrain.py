@@ -105,9 +105,9 @@ class TrainConfig:
             raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
         if self.resume and not self.run_name and not self.checkpoint_path:
             raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
-        if set(self.dataset) - {"name", "data_path"}:
-            raise ConfigError(f"dataset.{sorted(set(self.dataset) - {'name', 'data_path'})[0]}: unknown config key "
-                              f"(dataset takes name and data_path)")
+        unknown = sorted(set(self.dataset) - {"name", "data_path"})
+        if unknown:
+            raise ConfigError(f"dataset.{unknown[0]}: unknown config key (dataset takes name and data_path)")
         if not isinstance(self.arch.get("loss"), dict) or self.arch["loss"].get("loss_type") not in LOSSES:
             raise ConfigError(f"arch.loss.loss_type: expected one of {', '.join(LOSSES)}")
 
