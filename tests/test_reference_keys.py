@@ -163,7 +163,7 @@ def eval_sh(*args):
 def test_eval_sh_runs_one_cell_d16_b1_unless_overridden(overrides, their_run, sudoku_dir, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     done = eval_sh(str(their_run / "step_2.pt"), f"data_path={sudoku_dir}", f"output_dir={out}", "plots=false",
-                   "progress=false", *overrides)
+                   "progress=false", "global_batch_size=16", *overrides)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {(r["depth"], r["breadth"]) for r in rows} == {(16, 1)}  # the checkpoint was trained at D2
