@@ -6,6 +6,7 @@
 One cell, as the reference:  halt_max_steps=64 different_init=128 convergence_top_k=1 global_batch_size=16
 A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128]   (or eval=paper_grid)
 Elastic budget (halting):    halt=true [halt_threshold=0]
+The authors' form:           eval_yaml=config/eval/depth_breadth.yaml dataset_data_path=DATA   (scripts/eval.sh)
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
 Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
 """
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.distributed as dist
 
-from config import compose_config
+from config import compose_eval_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import report
@@ -94,7 +95,7 @@ def parse_config(cfg: dict) -> EvalConfig:
     known = {f.name for f in fields(EvalConfig)}
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_eval.yaml for the known keys)")
+        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_eval.yaml for the known keys)")
     return EvalConfig(**cfg)
 
 
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in argv if a.startswith("-")]
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
-        cfg = parse_config(compose_config("cfg_eval", argv))
+        cfg = parse_config(compose_eval_config(argv))
         processes = setup_processes(cfg.device)
         evaluate(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:

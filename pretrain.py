@@ -4,7 +4,8 @@
     torchrun --standalone --nproc-per-node 8 pretrain.py --config-name train/eqr_sudoku
 
 The config is composed with Hydra from config/ (overrides use Hydra's syntax: `lr=3e-4`,
-`arch=trm`, `arch.hidden_size=256`, `+key=value` is refused like any unknown key).
+`arch=trm`, `arch.hidden_size=256`; the authors' `+max_steps=...` and their other keys are taken as
+config/reference_keys.py says, an unknown key is refused).
 
 The loop: every row of the batch keeps its carry (latents, step count, puzzle) across
 optimizer steps; each step the loader hands out a fresh global batch, and only rows whose
@@ -104,6 +105,9 @@ class TrainConfig:
             raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
         if self.resume and not self.run_name and not self.checkpoint_path:
             raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
+        unknown = sorted(set(self.dataset) - {"name", "data_path"})
+        if unknown:
+            raise ConfigError(f"dataset.{unknown[0]}: unknown config key (dataset takes name and data_path)")
         if not isinstance(self.arch.get("loss"), dict) or self.arch["loss"].get("loss_type") not in LOSSES:
             raise ConfigError(f"arch.loss.loss_type: expected one of {', '.join(LOSSES)}")
 

@@ -289,10 +289,10 @@ def test_evaluate_bad_input_is_one_line_and_exit_2(run_files, tmp_path, capsys, 
 
 
 def test_presets_compose_and_command_line_wins():
-    cfg = evaluate.parse_config(evaluate.compose_config("cfg_eval", ["checkpoint=x.pt", "eval=paper_grid"]))
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=paper_grid"]))
     assert cfg.depths == [1, 2, 4, 8, 16, 32, 64] and cfg.breadths == [1, 2, 4, 8, 16, 32, 64, 128]
     assert cfg.global_batch_size == 16 and cfg.convergence_top_k == 1 and cfg.rng == "keyed"
-    cfg = evaluate.parse_config(evaluate.compose_config("cfg_eval", ["checkpoint=x.pt", "eval=paper_grid", "depths=[2,4]"]))
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=paper_grid", "depths=[2,4]"]))
     assert cfg.depths == [2, 4]
-    cfg = evaluate.parse_config(evaluate.compose_config("cfg_eval", ["checkpoint=x.pt", "eval=headline"]))
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=headline"]))
     assert (cfg.halt_max_steps, cfg.different_init, cfg.depths) == (64, 128, None)
