@@ -119,9 +119,10 @@ def side_by_side(left: str, right: str, gap: int = 6) -> str:
     return "\n".join(x.ljust(width + gap) + y for x, y in zip(a, b))
 
 
-def describe(task: str, inputs, answer, label, found: dict, spec: GridSpec, rule: str) -> list[str]:
+def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
+    """The printed report of one answer: given and answer side by side, validity, steps, the picked trajectory."""
+    inputs, answer, label, problem = found["inputs"], found["answer"], found["label"], found["problem"]
     text = render.sudoku_text if task == "sudoku" else render.maze_text
-    problem = (render.sudoku_problem if task == "sudoku" else render.maze_problem)(inputs, answer)
     what = "a valid completion (rows, columns and boxes hold 1-9; every given kept)" if task == "sudoku" \
         else "the unique shortest S->G path"
     d, b = spec.max_depth, spec.max_breadth
@@ -176,17 +177,17 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
             results.append({"inputs": inputs[start + row], "label": None if labels is None else labels[start + row],
                             "answer": found["preds"][row].cpu().numpy(),
                             **{k: int(found[k][row]) for k in ("trajectory", "settled_step", "halt_step")}})
+            results[-1]["problem"] = render.PROBLEM[task](results[-1]["inputs"], results[-1]["answer"])
 
     for n, result in enumerate(results):
         source = f"{cfg.data_path}/{cfg.split} #{numbers[n]}" if cfg.data_path else f"puzzle {n + 1} of {len(results)}"
         print(f"{source}: {info['uri']} at D={spec.max_depth}, B={breadth}")
-        print("\n".join(describe(task, result["inputs"], result["answer"], result["label"], result, spec, rule)))
+        print("\n".join(describe(task, result, spec, rule)))
         if cfg.image:
             path = cfg.image if len(results) == 1 else f"{cfg.image[:-4]}_{n + 1}.png"
-            problem = (render.sudoku_problem if task == "sudoku" else render.maze_problem)(result["inputs"], result["answer"])
             render.save_puzzle_png(path, task, result["inputs"], result["answer"], result["label"],
                                    title=f"{os.path.basename(info['uri'])}, D={spec.max_depth} B={breadth}: "
-                                         + ("valid" if problem is None else "not valid"))
+                                         + ("valid" if result["problem"] is None else "not valid"))
             print(f"picture: {path}")
         print()
     return results

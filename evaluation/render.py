@@ -166,6 +166,7 @@ def _rectangle(*args, **kwargs):
 
 
 DRAW = {"sudoku": draw_sudoku, "maze": draw_maze}
+PROBLEM = {"sudoku": sudoku_problem, "maze": maze_problem}
 
 
 def save_puzzle_png(path: str, task: str, inputs, answer, label=None, title: str | None = None) -> None:
