@@ -54,6 +54,8 @@ def sudoku_problem(inputs, answer) -> str | None:
 def maze_problem(inputs, answer) -> str | None:
     """Why the answer (tokens) is not the unique shortest S->G path of the maze, or None."""
     inputs, answer = np.asarray(inputs), np.asarray(answer)
+    if not np.array_equal(np.where(answer == maze.PATH, maze.OPEN, answer), inputs):
+        return "the answer changes a wall, S or G, or draws the path through a wall"
     return maze.label_problem(inputs, answer, math.isqrt(inputs.size))
 
 
