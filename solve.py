@@ -36,7 +36,7 @@ CHUNK = 64  # puzzles per forward pass
 class SolveConfig:
     checkpoint: str
     trust_checkpoint: bool
-    puzzle: str | int | None
+    puzzle: str | None
     data_path: str | None
     split: str
     index: int | None
@@ -64,7 +64,10 @@ class SolveConfig:
             raise ConfigError(f"image: expected a .png path or null, got {self.image!r}")
 
 
-def parse_config(cfg: dict) -> SolveConfig:
+def parse_config(cfg: dict, argv: list[str]) -> SolveConfig:
+    if cfg.get("puzzle") is not None and not isinstance(cfg["puzzle"], str):
+        # Hydra reads an all-digit puzzle as an int and one with a single '.' as a float: keep the text typed
+        cfg["puzzle"] = next(a.split("=", 1)[1] for a in reversed(argv) if a.startswith("puzzle="))
     unknown = sorted(set(cfg) - {f.name for f in fields(SolveConfig)})
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_solve.yaml for the known keys)")
@@ -83,7 +86,7 @@ def read_puzzles(cfg: SolveConfig, task: str, seq_len: int) -> tuple[np.ndarray,
         rows = slice(cfg.index, cfg.index + 1)
         return np.asarray(arrays["inputs"][rows], np.int64), np.asarray(arrays["labels"][rows], np.int64), [cfg.index]
 
-    text = str(cfg.puzzle)  # Hydra reads an all-digit puzzle as an integer
+    text = cfg.puzzle
     if os.path.isfile(text):
         with open(text) as f:
             content, where = f.read(), text
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in argv if a.startswith("-")]
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (solve.py takes key=value overrides only)")
-        cfg = parse_config(compose_config("cfg_solve", argv))
+        cfg = parse_config(compose_config("cfg_solve", argv), argv)
         processes = setup_processes(cfg.device)
         solve(cfg, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:

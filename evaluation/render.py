@@ -105,7 +105,12 @@ def parse_sudoku_text(text: str, where: str) -> np.ndarray:
     bad = sorted(set(text) - set("0123456789."))
     if bad:
         raise ConfigError(f"{where}: unexpected character {bad[0]!r} (expected digits 1-9, 0 or . for blanks)")
-    return sudoku.digits_to_tokens(np.array([0 if ch == "." else int(ch) for ch in text])).astype(np.int64)
+    digits = np.array([0 if ch == "." else int(ch) for ch in text])
+    for unit in sudoku.UNIT_CELLS:
+        given = digits[unit][digits[unit] > 0]
+        if len(set(given.tolist())) < len(given):
+            raise ConfigError(f"{where}: the givens repeat a digit in a row, column or box, so no completion exists")
+    return sudoku.digits_to_tokens(digits).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- pictures
