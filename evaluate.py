@@ -321,11 +321,11 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
     if cfg.plots:
         report.write_plots(output_dir, spec, rows, checkpoint_name(cfg.checkpoint), puzzles)
-        cell = f"D={spec.max_depth} B={spec.max_breadth}, {report.RULE_TEXT[rule]}"
+        cell = f"{checkpoint_name(cfg.checkpoint)}: D={spec.max_depth} B={spec.max_breadth}, {report.RULE_TEXT[rule]}"
         for outcome in ("solved", "failed"):
             if shown[outcome]:
                 render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],
-                                         shown[outcome], f"{checkpoint_name(cfg.checkpoint)}: {outcome} puzzles at {cell}")
+                                         shown[outcome], f"{cell}: {outcome} puzzles")
     print(report.format_table(spec, rows, puzzles))
     print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
           f"{identity['world_size']} process(es); results in {output_dir}/")

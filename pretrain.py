@@ -13,8 +13,8 @@ linear warm-up then cosine to lr_min_ratio; EMA of the weights after every step.
 
 A run folder holds step_<N>.pt checkpoints (plus step_<N>.rank<r>.pt, the carry/RNG/loader
 state of each extra rank), `latest` (the name of the newest complete checkpoint),
-config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run continues from `latest`; on CPU
-with one process the continuation is bit-exact.
+config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run
+continues from `latest`; on CPU with one process the continuation is bit-exact.
 """
 import contextlib
 import copy

@@ -2,7 +2,7 @@
 
     python solve.py checkpoint=PATH puzzle=<81 characters: digits 1-9, 0 or . for blanks>
     python solve.py checkpoint=PATH puzzle=puzzles.txt        # Sudoku: one per line
-    python solve.py checkpoint=PATH puzzle=maze.txt           # mazes as text ('#' wall, ' ' open, S, G), blank line between
+    python solve.py checkpoint=PATH puzzle=maze.txt           # mazes: rows of '#', ' ', S, G; a blank line between
     python solve.py checkpoint=PATH data_path=DATA index=3    # puzzle 3 of DATA's test split, checked against its label
     ... halt_max_steps=64 different_init=16                   # depth D and breadth B, as in evaluate.py
 
@@ -125,7 +125,7 @@ def side_by_side(left: str, right: str, gap: int = 6) -> str:
 def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
     """The printed report of one answer: given and answer side by side, validity, steps, the picked trajectory."""
     inputs, answer, label, problem = found["inputs"], found["answer"], found["label"], found["problem"]
-    text = render.sudoku_text if task == "sudoku" else render.maze_text
+    text = render.TEXT[task]
     what = "a valid completion (rows, columns and boxes hold 1-9; every given kept)" if task == "sudoku" \
         else "the unique shortest S->G path"
     d, b = spec.max_depth, spec.max_breadth
@@ -136,10 +136,11 @@ def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
              f"the answer last changed at step {found['settled_step']}; "
              + (f"the halting head (q > {spec.halt_threshold}) stops at step {halt}" if halt else
                 f"the halting head (q > {spec.halt_threshold}) does not stop within {d} steps"),
-             f"picked: " + (f"trajectory {found['trajectory'] + 1} of {b}, {rule}" if b > 1 else "one trajectory (B=1)")]
+             "picked: " + (f"trajectory {found['trajectory'] + 1} of {b}, {rule}" if b > 1 else "one trajectory (B=1)")]
     if label is not None:
-        wrong = int(((label != answer) & (label != 0)).sum())
-        lines.append("label: " + ("matches" if wrong == 0 else f"differs in {wrong} of {int((label != 0).sum())} cells"))
+        labelled = label != 0  # 0: the ignore label on disk
+        wrong = int((labelled & (label != answer)).sum())
+        lines.append("label: " + ("matches" if wrong == 0 else f"differs in {wrong} of {int(labelled.sum())} cells"))
     return lines
 
 

@@ -241,7 +241,7 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler,
         chosen = torch.arange(L, device=device) * Bm + pick
         answers_out.update(preds=preds[chosen], trajectory=pick, settled_step=settled[chosen])
         if spec.halt:
-            answers_out["halt_step"] = torch.where(halted, halt_step, 0)[chosen]
+            answers_out["halt_step"] = halt_step[chosen]  # 0 where the row never halted
     return cells, hist, depth_seconds
 
 

@@ -174,6 +174,7 @@ def _rectangle(*args, **kwargs):
 
 DRAW = {"sudoku": draw_sudoku, "maze": draw_maze}
 PROBLEM = {"sudoku": sudoku_problem, "maze": maze_problem}
+TEXT = {"sudoku": sudoku_text, "maze": maze_text}
 
 
 def save_puzzle_png(path: str, task: str, inputs, answer, label=None, title: str | None = None) -> None:

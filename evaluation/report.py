@@ -206,7 +206,8 @@ def _accuracy_vs_nfe(path: str, spec: GridSpec, rows: list[dict], checkpoint: st
     for breadth in spec.breadths:
         rule = headline_rule(spec, spec.max_depth, breadth)
         points = [find(rows, d, breadth, rule) for d in spec.depths if spec.reported(d, breadth, rule)]
-        colour = line(points, "o-", f"B={breadth}: " + ("top-1 by convergence" if rule == "conv_top1" else "trajectory 1"))
+        name = "top-1 by convergence" if rule == "conv_top1" else "trajectory 1"
+        colour = line(points, "o-", f"B={breadth}: {name}")
         if spec.halt:
             rule = "majority+halt" if breadth > 1 else "traj1+halt"
             line([find(rows, d, breadth, rule) for d in spec.depths], "x--",

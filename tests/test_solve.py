@@ -92,7 +92,8 @@ def test_maze_answer_is_a_png_and_text_path_from_data_or_file(maze_dir, tmp_path
     (MAZE, ["puzzle={small_maze}"], "5x5, but"),
     (MAZE, ["data_path={maze_dir}", "index=99"], "index: 99 is past the end"),
     (SUDOKU, [], "puzzle: pass either"),
-    (SUDOKU, ["puzzle=" + "1" * 79 + ".2"], "the givens repeat a digit"),  # Hydra reads this as a float; solve.py keeps the text
+    # Hydra reads this one as a float; solve.py keeps the text as typed
+    (SUDOKU, ["puzzle=" + "1" * 79 + ".2"], "the givens repeat a digit"),
 ])
 def test_bad_input_is_one_error_line(checkpoint, args, message, maze_dir, tmp_path, capsys):
     (tmp_path / "maze.txt").write_text("#####\n#S  #\n# # #\n#  G#\n#####\n" * 1)
