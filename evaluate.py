@@ -9,6 +9,7 @@ Elastic budget (halting):    halt=true [halt_threshold=0]
 The authors' form:           eval_yaml=config/eval/depth_breadth.yaml dataset_data_path=DATA   (scripts/eval.sh)
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
 Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
+With plots=true, render_examples=N also draws N solved and N failed puzzles (examples_*.png).
 """
 import os
 import signal
@@ -16,18 +17,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from config import compose_eval_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
-from evaluation import report
+from evaluation import render, report
 from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
                              save_partial)
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
+from utils.constants import IGNORE_LABEL_ID
 from utils.errors import CheckpointError, RunError
 from utils.processes import broadcast, close_processes, free_memory, setup_processes, should_report
 from utils.typecheck import check_range, check_types
@@ -61,6 +64,7 @@ class EvalConfig:
     save_every_batches: int
     save_every_seconds: float
     plots: bool
+    render_examples: int
     progress: bool
 
     def __post_init__(self):
@@ -74,6 +78,8 @@ class EvalConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
+        if not isinstance(self.render_examples, int) or self.render_examples < 0:
+            raise ConfigError(f"render_examples: expected an integer >= 0, got {self.render_examples!r}")
         for key in ("convergence_top_k", "convergence_window", "save_every_batches"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
@@ -146,6 +152,20 @@ def make_sampler(cfg: EvalConfig, seed: int, batch: dict, breadth: int):
     puzzles = batch["index"].repeat_interleave(breadth)
     trajectories = torch.arange(breadth, device=puzzles.device).repeat(batch["index"].shape[0])
     return KeyedSampler(seed, puzzles, trajectories)
+
+
+def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
+    """Add this batch's first solved and failed puzzles to shown["solved"] / ["failed"], up to `limit` each."""
+    labels = batch["labels"].cpu().numpy()
+    for row in torch.nonzero(batch["mask"]).flatten().tolist():
+        answer = answers["preds"][row].cpu().numpy()
+        label = labels[row]
+        label = np.where(label == IGNORE_LABEL_ID, answer, label)  # unlabelled cells count as right
+        wrong = int((answer != label).sum())
+        kept = shown["failed" if wrong else "solved"]
+        if len(kept) < limit:
+            kept.append({"inputs": batch["inputs"][row].cpu().numpy(), "answer": answer, "label": label,
+                         "caption": f"#{int(batch['index'][row])}: " + (f"{wrong} cells wrong" if wrong else "solved")})
 
 
 # ----------------------------------------------------------------------------- the run
@@ -223,13 +243,20 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                desc=f"eval D{spec.max_depth} B{spec.max_breadth}", disable=rank != 0 or not cfg.progress,
                dynamic_ncols=True, smoothing=0.1)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
+    task = render.task_of(model_config.vocab_size, model_config.seq_len)
+    shown = {"task": task, "solved": [], "failed": []}  # rank 0's first answers at the largest cell, to draw
+    want_shown = rank == 0 and cfg.plots and cfg.render_examples > 0 and task is not None
     started = last_save = time.time()
     batch_index = start_batch
     for batch_index, batch in enumerate(iter_test_batches(data_path, global_batch_size, rank, world_size, cfg.split,
                                                           max_examples, start_batch=start_batch), start=start_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
         sampler = make_sampler(cfg, seed, batch, spec.max_breadth)
-        cells, hist, seconds = run_batch(inner, batch, spec, sampler)
+        missing = want_shown and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples
+        found = {} if missing else None
+        cells, hist, seconds = run_batch(inner, batch, spec, sampler, answers_out=found)
+        if found:
+            keep_examples(shown, batch, found, cfg.render_examples)
         counts += torch.cat([cells.flatten(), hist.flatten()])
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
         bar.update(max(0, min(global_batch_size, examples - batch_index * global_batch_size)))
@@ -246,7 +273,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         dist.all_reduce(counts)
     results = None
     if rank == 0:
-        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device)
+        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown)
     if world_size > 1:
         dist.barrier()
     if os.path.isfile(own_partial):  # the finished results replace this rank's partial counts
@@ -258,7 +285,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     return results
 
 
-def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device) -> dict:
+def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown) -> dict:
     cells, hist = spec.split(counts)
     rows = report.build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
@@ -294,7 +321,12 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     report.write_json(os.path.join(output_dir, "results.json"), results)
     report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
     if cfg.plots:
-        report.write_plots(output_dir, spec, rows)
+        report.write_plots(output_dir, spec, rows, checkpoint_name(cfg.checkpoint), puzzles)
+        cell = f"{checkpoint_name(cfg.checkpoint)}: D={spec.max_depth} B={spec.max_breadth}, {report.RULE_TEXT[rule]}"
+        for outcome in ("solved", "failed"):
+            if shown[outcome]:
+                render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],
+                                         shown[outcome], f"{cell}: {outcome} puzzles")
     print(report.format_table(spec, rows, puzzles))
     print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
           f"{identity['world_size']} process(es); results in {output_dir}/")

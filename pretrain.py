@@ -14,8 +14,8 @@ linear warm-up then cosine to lr_min_ratio; EMA of the weights after every step.
 
 A run folder holds step_<N>.pt checkpoints (plus step_<N>.rank<r>.pt, the carry/RNG/loader
 state of each extra rank), `latest` (the name of the newest complete checkpoint),
-config.yaml and metrics.jsonl. With resume=true the run continues from `latest`; on CPU
-with one process the continuation is bit-exact.
+config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run
+continues from `latest`; on CPU with one process the continuation is bit-exact.
 """
 import contextlib
 import copy
@@ -34,12 +34,13 @@ from tqdm import tqdm
 from config import compose_train_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
+from evaluation.curves import plot_training_curves
 from models.checkpoint import safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
-from utils.errors import CheckpointError, RunError
+from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, remove_stale_temp_files
 from utils.network import reachable
 from utils.processes import StopRequests, broadcast, close_processes, setup_processes, should_report
@@ -497,6 +498,10 @@ def _train(cfg: dict, config_name: str, device, rank: int, world_size: int, clea
                   file=sys.stderr)
         else:
             print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
+        try:  # a convenience: a plotting problem must not fail a run whose checkpoint is written
+            print(f"training curves: {plot_training_curves(run_dir)}", file=sys.stderr)
+        except Exception as e:
+            print(f"warning: {run_dir}: training curves not drawn ({first_line(e)})", file=sys.stderr)
 
 
 def check_finite(first_bad_step: torch.Tensor, run_dir: str) -> None:

@@ -150,11 +150,16 @@ def _convergence_counts(breadths, top_k, real, n_labels, exact, tokens, scores, 
 # ----------------------------------------------------------------------------- the pass
 
 @torch.inference_mode()
-def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def run_batch(inner, batch: dict, spec: GridSpec, sampler,
+              answers_out: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Every cell of the grid on one batch -> (cell counts, histograms, seconds to reach each depth).
 
     inner: the ReasoningCore; batch: inputs, labels [L, S], mask [L] on its device; sampler: the
     model's randomness for the L * Bm rows (row r = puzzle r // Bm, trajectory r % Bm).
+    answers_out: when a dict is given, it receives each puzzle's answer at the largest cell (D, B) under the
+    paper's rule (top-1 by convergence at B > 1 and D >= 2, else trajectory 1): "preds" [L, S], the
+    picked "trajectory" [L], "settled_step" [L] (the step after which its prediction no longer changed)
+    and, with spec.halt, "halt_step" [L] (its first step with q > halt_threshold; 0: none).
     """
     start = time.perf_counter()
     config, device = inner.config, batch["inputs"].device
@@ -182,6 +187,9 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor
         halt_step = torch.zeros(rows, dtype=torch.long, device=device)
         halt_tokens = torch.zeros(rows, dtype=torch.long, device=device)
         halt_preds = torch.zeros(rows, config.seq_len, dtype=torch.long, device=device)
+    if answers_out is not None:
+        last_preds = torch.full((rows, config.seq_len), -1, dtype=torch.long, device=device)
+        settled = torch.zeros(rows, dtype=torch.long, device=device)
     depth_seconds = []
     view = lambda x: x.view(L, Bm, *x.shape[1:])  # rows -> [puzzle, trajectory, ...]
 
@@ -199,6 +207,9 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor
             halt_tokens = torch.where(stop, tokens, halt_tokens)
             halt_preds = torch.where(stop[:, None], preds, halt_preds)
             halted |= stop
+        if answers_out is not None:
+            settled = torch.where((preds != last_preds).any(-1), step, settled)
+            last_preds = preds
         if step not in spec.depths:
             continue
 
@@ -223,6 +234,14 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         depth_seconds.append(time.perf_counter() - start)
+    if answers_out is not None:
+        pick = torch.zeros(L, dtype=torch.long, device=device)
+        if spec.reported(spec.max_depth, Bm, "conv_top1"):
+            pick = selection.convergence_order(view(scores), [Bm], 1)[:, 0, 0]
+        chosen = torch.arange(L, device=device) * Bm + pick
+        answers_out.update(preds=preds[chosen], trajectory=pick, settled_step=settled[chosen])
+        if spec.halt:
+            answers_out["halt_step"] = halt_step[chosen]  # 0 where the row never halted
     return cells, hist, depth_seconds
 
 

@@ -143,6 +143,27 @@ def test_one_pass_grid_equals_separate_runs(arch):
             assert grid_hist == one_hist
 
 
+def test_answers_out_are_the_answers_the_paper_rule_scored():
+    head = build_model(EQR, q_weight_std=0.5)
+    batch = random_batch(head, n=10, pad=1)
+    inner = head.model.inner
+    labelled = batch["mask"][:, None]
+    for depths, breadths, rule in (((1, 3), (1, 4), "conv_top1"), ((1,), (1, 4), "traj1")):
+        spec = GridSpec(depths, breadths, inner.config.blocks_per_step, window=2, halt=True)
+        found = {}
+        cells, _, _ = run_batch(inner, batch, spec, keyed_rows(3, batch["index"], 4), answers_out=found)
+        right = (found["preds"] == batch["labels"]) & labelled
+        counted = cells[-1, -1, spec.rules.index(rule)]
+        assert right.all(-1).sum() == counted[FIELDS.index("correct")]
+        assert right.sum() == counted[FIELDS.index("token_correct")] > 0
+        assert ((1 <= found["settled_step"]) & (found["settled_step"] <= spec.max_depth)).all()
+        assert ((0 <= found["halt_step"]) & (found["halt_step"] <= spec.max_depth)).all()
+        if rule == "traj1":  # convergence needs two steps: the answer is trajectory 1's
+            assert (found["trajectory"] == 0).all()
+        else:
+            assert (found["trajectory"] > 0).any()
+
+
 def test_padding_rows_are_never_counted():
     head = build_model(EQR)
     batch = random_batch(head, n=3, pad=2)

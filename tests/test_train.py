@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import fields
 
+import matplotlib.image
 import pytest
 import torch
 
@@ -54,6 +55,8 @@ def test_a_few_steps_lower_the_loss(sudoku_path, tmp_path):
     evals = [m for m in read_metrics(run) if "eval/exact_accuracy" in m]
     assert [m["step"] for m in evals] == [50, 100] and all(m["eval/count"] == 16 for m in evals)
     assert 0 < evals[-1]["eval/accuracy"] <= 1
+    curves = matplotlib.image.imread(run / "training_curves.png")  # drawn by pretrain.py at the end of the run
+    assert curves.shape[0] > 400 and curves.std() > 0.05  # a picture with content, not a blank canvas
 
 
 def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path):
@@ -62,7 +65,8 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path
                           "checkpoint_interval_steps=2", "eval_interval_steps=null")]) == 0
     with open(run / "latest") as f:
         assert f.read().strip() == "step_3.pt"
-    assert sorted(os.listdir(run)) == [".lock", "config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt"]
+    assert sorted(os.listdir(run)) == [".lock", "config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt",
+                                       "training_curves.png"]
     ckpt = torch.load(run / "step_3.pt", weights_only=True)
     assert ckpt["format"] == "eqr/1" and ckpt["step"] == 3 and ckpt["world_size"] == 1
     assert {f.name for f in fields(ModelConfig)} <= set(ckpt["config"]["arch"])
