@@ -7,7 +7,8 @@ One cell, as the reference:  halt_max_steps=64 different_init=128 convergence_to
 A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128]   (or eval=paper_grid)
 Elastic budget (halting):    halt=true [halt_threshold=0]
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
-Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
+Writes results.json, results.csv and PNG plots to output_dir (save_outputs=true: also predictions.npz);
+resume=true continues a killed sweep.
 """
 import os
 import signal
@@ -22,7 +23,8 @@ from config import compose_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import report
-from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
+from evaluation import predictions
+from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, row_keys, run_batch,
                              save_partial)
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
@@ -46,6 +48,7 @@ class EvalConfig:
     compile: bool | None
     halt_max_steps: int | None
     different_init: int | None
+    different_init_reset_std: float | None
     depths: list | None
     breadths: list | None
     convergence_top_k: int
@@ -61,10 +64,13 @@ class EvalConfig:
     save_every_seconds: float
     plots: bool
     progress: bool
+    save_outputs: bool
 
     def __post_init__(self):
         check_types(self)
         check_range("", "save_every_seconds", self.save_every_seconds, low=0, low_open=True)
+        if self.different_init_reset_std is not None:
+            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.rng not in ("keyed", "torch"):
@@ -120,15 +126,20 @@ def train_setting(train_config: dict, key: str):
 def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     depths = cfg.depths or [cfg.halt_max_steps or model_config.halt_max_steps]
     breadths = cfg.breadths or [cfg.different_init or 1]
+    # As the reference: at B > 1 a model trained from fixed latents (TRM) starts each trajectory from a fresh
+    # draw; a model trained from random latents keeps its own init std; the feed-forward model has no latent.
+    fixed_init = not model_config.random_init and not model_config.feedforward
+    fresh_std = cfg.different_init_reset_std if fixed_init and cfg.different_init_reset_std is not None else None
     return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
                     blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
-                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold))
+                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold),
+                    fresh_init_std=float(fresh_std) if fresh_std is not None else None)
 
 
 def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device) -> None:
     """Refuse, before allocating, a batch x breadth whose latents alone exceed the free memory."""
     free = free_memory(device)
-    per_puzzle = memory_lower_bound(model_config, spec.max_breadth)
+    per_puzzle = memory_lower_bound(model_config, spec.rows_per_puzzle)
     need = per_puzzle * (global_batch_size // world_size)
     if free is None or need <= free:
         return
@@ -139,12 +150,10 @@ def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_siz
                       f"{need / 2**30:.1f} GiB per process, {free / 2**30:.1f} GiB is free on {device}; {advice}")
 
 
-def make_sampler(cfg: EvalConfig, seed: int, batch: dict, breadth: int):
+def make_sampler(cfg: EvalConfig, seed: int, batch: dict, spec: GridSpec):
     if cfg.rng == "torch":
         return TorchSampler()
-    puzzles = batch["index"].repeat_interleave(breadth)
-    trajectories = torch.arange(breadth, device=puzzles.device).repeat(batch["index"].shape[0])
-    return KeyedSampler(seed, puzzles, trajectories)
+    return KeyedSampler(seed, *row_keys(spec, batch["index"]))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -191,7 +200,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
                 "seed": seed, "rng": cfg.rng, "spec": spec.to_dict(), "model": model_config.to_dict(),
-                "device_type": device.type}
+                "device_type": device.type, "save_outputs": cfg.save_outputs}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
 
@@ -210,6 +219,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                           f"pass resume=true to continue it or choose another output_dir")
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
+    writer = predictions.ShardWriter(output_dir, rank, world_size, start_batch, meta.vocab_size) if cfg.save_outputs else None
 
     if rank == 0:
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
@@ -227,24 +237,33 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     for batch_index, batch in enumerate(iter_test_batches(data_path, global_batch_size, rank, world_size, cfg.split,
                                                           max_examples, start_batch=start_batch), start=start_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        sampler = make_sampler(cfg, seed, batch, spec.max_breadth)
-        cells, hist, seconds = run_batch(inner, batch, spec, sampler)
+        sampler = make_sampler(cfg, seed, batch, spec)
+        cells, hist, seconds, headline = run_batch(inner, batch, spec, sampler)
         counts += torch.cat([cells.flatten(), hist.flatten()])
+        if writer:
+            writer.add(batch, headline)
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
         bar.update(max(0, min(global_batch_size, examples - batch_index * global_batch_size)))
         done = batch_index + 1
         if done < num_batches and (done % cfg.save_every_batches == 0 or time.time() - last_save > cfg.save_every_seconds):
+            if writer:  # first the predictions, then the counts that say how far they go
+                writer.flush(done)
             save_partial(own_partial, identity, done, counts, seconds_before + time.time() - started, depth_seconds)
             last_save = time.time()
         if kill_after and done - start_batch >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     wall = seconds_before + time.time() - started
+    if writer:
+        writer.flush(num_batches)
 
-    if world_size > 1:  # the one reduction of the run
+    if world_size > 1:  # the one reduction of the run (every rank has flushed its predictions before it)
         dist.all_reduce(counts)
     results = None
     if rank == 0:
+        if writer:
+            d, b = spec.max_depth, spec.max_breadth
+            predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
         results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device)
     if world_size > 1:
         dist.barrier()
@@ -262,7 +281,7 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     rows = report.build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
     d, b = spec.max_depth, spec.max_breadth
-    rule = report.headline_rule(spec, d, b)
+    rule = spec.headline_rule(d, b)
     head = report.find(rows, d, b, rule)
     results = {
         "format": "eqr-eval/1",
@@ -281,6 +300,7 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
         "wall_time_s": wall,
         "puzzles_per_s": puzzles / wall if wall > 0 else None,
         "time_to_depth_s": dict(zip(map(str, spec.depths), depth_seconds)),
+        "predictions": predictions.FILE_NAME if cfg.save_outputs else None,
         "notes": "B>1 figures count real puzzles only (the reference also counts the padding rows of the last "
                  "test batch as solved); token accuracy is pooled over labelled tokens.",
         "rows": rows,

@@ -23,12 +23,6 @@ CSV_COLUMNS = ["depth", "breadth", "rule", "halting", "correct", "total", "accur
                "pass_wall_time_s", "checkpoint_sha256", "config_fingerprint"]
 
 
-def headline_rule(spec: GridSpec, depth: int, breadth: int) -> str:
-    """The paper's metric for a cell: exact accuracy of the top-1-by-convergence answer (B > 1, D >= 2),
-    of trajectory 1 otherwise."""
-    return "conv_top1" if spec.reported(depth, breadth, "conv_top1") else "traj1"
-
-
 def _ratio(a, b):
     return a / b if b else float("nan")
 
@@ -126,7 +120,7 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
             lines.append(f"{breadth:>9} " + "".join(f"{_pct(pick(depth, breadth)):>7}" for depth in spec.depths))
 
     block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
-          lambda d, b: find(rows, d, b, headline_rule(spec, d, b)))
+          lambda d, b: find(rows, d, b, spec.headline_rule(d, b)))
     block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
     if spec.max_breadth > 1:
         block("majority vote", lambda d, b: find(rows, d, b, "majority"))
@@ -144,8 +138,8 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
             lines.append(f"  D{depth:<3} {plain['nfe_per_puzzle']:9.1f} ({_pct(plain)}%) -> {halted['nfe_per_puzzle']:9.1f} "
                          f"({_pct(halted)}%)" + (f"   saving at equal accuracy {saving:.2f}x" if saving else ""))
     d, b = spec.max_depth, spec.max_breadth
-    head = find(rows, d, b, headline_rule(spec, d, b))
-    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[headline_rule(spec, d, b)]}): "
+    head = find(rows, d, b, spec.headline_rule(d, b))
+    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[spec.headline_rule(d, b)]}): "
                       f"{_pct(head).strip()}% ({head['correct']}/{head['total']})"])
     return "\n".join(lines)
 
@@ -165,7 +159,7 @@ def write_plots(output_dir: str, spec: GridSpec, rows: list[dict]) -> list[str]:
     import numpy as np
 
     written = []
-    grid = np.array([[(find(rows, d, b, headline_rule(spec, d, b)) or {}).get("accuracy", np.nan) for d in spec.depths]
+    grid = np.array([[(find(rows, d, b, spec.headline_rule(d, b)) or {}).get("accuracy", np.nan) for d in spec.depths]
                      for b in spec.breadths], dtype=float) * 100
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(spec.depths), 1.0 + 0.6 * len(spec.breadths)))
     image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto", vmin=0, vmax=100)
@@ -185,7 +179,7 @@ def write_plots(output_dir: str, spec: GridSpec, rows: list[dict]) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for breadth in spec.breadths:
-        points = [find(rows, d, breadth, headline_rule(spec, d, breadth)) for d in spec.depths
+        points = [find(rows, d, breadth, spec.headline_rule(d, breadth)) for d in spec.depths
                   if breadth == 1 or spec.reported(d, breadth, "conv_top1")]  # one rule per line
         ax.plot([p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points], "o-", label=f"B={breadth}")
         if spec.halt:
