@@ -326,6 +326,8 @@ def test_evaluate_single_cell_matches_the_grid(run_files, tmp_path):
     (["halt=1"], "halt: expected true/false, got 1"),
     (["halt_threshold=abc"], "halt_threshold: expected a number"),
     (["device=tpu"], "device: expected cpu, cuda or cuda:N"),
+    (["different_init_reset_std=0"], "different_init_reset_std: expected a value in (0, inf)"),
+    (["save_outputs=yes"], "save_outputs: expected true/false"),
 ])
 def test_evaluate_bad_input_is_one_line_and_exit_2(run_files, tmp_path, capsys, args, message):
     _, data, ckpt = run_files
