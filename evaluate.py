@@ -22,8 +22,7 @@ import torch.distributed as dist
 from config import compose_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
-from evaluation import report
-from evaluation import predictions
+from evaluation import predictions, report
 from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, row_keys, run_batch,
                              save_partial)
 from evaluation.keyed_rng import KeyedSampler
@@ -129,11 +128,11 @@ def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     # As the reference: at B > 1 a model trained from fixed latents (TRM) starts each trajectory from a fresh
     # draw; a model trained from random latents keeps its own init std; the feed-forward model has no latent.
     fixed_init = not model_config.random_init and not model_config.feedforward
-    fresh_std = cfg.different_init_reset_std if fixed_init and cfg.different_init_reset_std is not None else None
+    fresh_std = cfg.different_init_reset_std if fixed_init else None
     return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
                     blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
                     window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold),
-                    fresh_init_std=float(fresh_std) if fresh_std is not None else None)
+                    fresh_init_std=None if fresh_std is None else float(fresh_std))
 
 
 def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device) -> None:
