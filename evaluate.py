@@ -8,8 +8,9 @@ A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128] 
 Elastic budget (halting):    halt=true [halt_threshold=0]
 The authors' form:           eval_yaml=config/eval/depth_breadth.yaml dataset_data_path=DATA   (scripts/eval.sh)
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
-Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
-With plots=true, render_examples=N also draws N solved and N failed puzzles (examples_*.png).
+Writes results.json, results.csv and PNG plots to output_dir (save_outputs=true: also predictions.npz);
+resume=true continues a killed sweep. With plots=true, render_examples=N also draws N solved and N failed
+puzzles (examples_*.png).
 """
 import os
 import signal
@@ -24,9 +25,9 @@ import torch.distributed as dist
 from config import compose_eval_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
-from evaluation import render, report
-from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
-                             save_partial)
+from evaluation import predictions, render, report
+from evaluation.grid import (GridSpec, fingerprint, fresh_init_std, load_partial, memory_lower_bound, partial_path,
+                             row_keys, run_batch, save_partial)
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
@@ -50,6 +51,7 @@ class EvalConfig:
     compile: bool | None
     halt_max_steps: int | None
     different_init: int | None
+    different_init_reset_std: float | None
     depths: list | None
     breadths: list | None
     convergence_top_k: int
@@ -66,10 +68,13 @@ class EvalConfig:
     plots: bool
     render_examples: int
     progress: bool
+    save_outputs: bool
 
     def __post_init__(self):
         check_types(self)
         check_range("", "save_every_seconds", self.save_every_seconds, low=0, low_open=True)
+        if self.different_init_reset_std is not None:
+            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.rng not in ("keyed", "torch"):
@@ -129,13 +134,14 @@ def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     breadths = cfg.breadths or [cfg.different_init or 1]
     return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
                     blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
-                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold))
+                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold),
+                    fresh_init_std=fresh_init_std(model_config, cfg.different_init_reset_std))
 
 
 def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device) -> None:
     """Refuse, before allocating, a batch x breadth whose latents alone exceed the free memory."""
     free = free_memory(device)
-    per_puzzle = memory_lower_bound(model_config, spec.max_breadth)
+    per_puzzle = memory_lower_bound(model_config, spec.rows_per_puzzle)
     need = per_puzzle * (global_batch_size // world_size)
     if free is None or need <= free:
         return
@@ -146,19 +152,17 @@ def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_siz
                       f"{need / 2**30:.1f} GiB per process, {free / 2**30:.1f} GiB is free on {device}; {advice}")
 
 
-def make_sampler(cfg: EvalConfig, seed: int, batch: dict, breadth: int):
+def make_sampler(cfg: EvalConfig, seed: int, batch: dict, spec: GridSpec):
     if cfg.rng == "torch":
         return TorchSampler()
-    puzzles = batch["index"].repeat_interleave(breadth)
-    trajectories = torch.arange(breadth, device=puzzles.device).repeat(batch["index"].shape[0])
-    return KeyedSampler(seed, puzzles, trajectories)
+    return KeyedSampler(seed, *row_keys(spec, batch["index"]))
 
 
 def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
     """Add this batch's first solved and failed puzzles to shown["solved"] / ["failed"], up to `limit` each."""
     labels = batch["labels"].cpu().numpy()
     for row in torch.nonzero(batch["mask"]).flatten().tolist():
-        answer = answers["preds"][row].cpu().numpy()
+        answer = answers["answer"][row].cpu().numpy()
         label = labels[row]
         label = np.where(label == IGNORE_LABEL_ID, answer, label)  # unlabelled cells count as right
         wrong = int((answer != label).sum())
@@ -212,7 +216,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
                 "seed": seed, "rng": cfg.rng, "spec": spec.to_dict(), "model": model_config.to_dict(),
-                "device_type": device.type}
+                "device_type": device.type, "save_outputs": cfg.save_outputs}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
 
@@ -231,6 +235,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                           f"pass resume=true to continue it or choose another output_dir")
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
+    writer = predictions.ShardWriter(output_dir, rank, world_size, start_batch, meta.vocab_size) if cfg.save_outputs else None
 
     if rank == 0:
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
@@ -251,28 +256,35 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     for batch_index, batch in enumerate(iter_test_batches(data_path, global_batch_size, rank, world_size, cfg.split,
                                                           max_examples, start_batch=start_batch), start=start_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        sampler = make_sampler(cfg, seed, batch, spec.max_breadth)
-        missing = want_shown and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples
-        found = {} if missing else None
-        cells, hist, seconds = run_batch(inner, batch, spec, sampler, answers_out=found)
-        if found:
-            keep_examples(shown, batch, found, cfg.render_examples)
+        sampler = make_sampler(cfg, seed, batch, spec)
+        cells, hist, seconds, headline = run_batch(inner, batch, spec, sampler)
+        if want_shown and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
+            keep_examples(shown, batch, headline, cfg.render_examples)
         counts += torch.cat([cells.flatten(), hist.flatten()])
+        if writer:
+            writer.add(batch, headline)
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
         bar.update(max(0, min(global_batch_size, examples - batch_index * global_batch_size)))
         done = batch_index + 1
         if done < num_batches and (done % cfg.save_every_batches == 0 or time.time() - last_save > cfg.save_every_seconds):
+            if writer:  # first the predictions, then the counts that say how far they go
+                writer.flush(done)
             save_partial(own_partial, identity, done, counts, seconds_before + time.time() - started, depth_seconds)
             last_save = time.time()
         if kill_after and done - start_batch >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     wall = seconds_before + time.time() - started
+    if writer:
+        writer.flush(num_batches)
 
-    if world_size > 1:  # the one reduction of the run
+    if world_size > 1:  # the one reduction of the run (every rank has flushed its predictions before it)
         dist.all_reduce(counts)
     results = None
     if rank == 0:
+        if writer:
+            d, b = spec.max_depth, spec.max_breadth
+            predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
         results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown)
     if world_size > 1:
         dist.barrier()
@@ -290,7 +302,7 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     rows = report.build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
     d, b = spec.max_depth, spec.max_breadth
-    rule = report.headline_rule(spec, d, b)
+    rule = spec.headline_rule(d, b)
     head = report.find(rows, d, b, rule)
     results = {
         "format": "eqr-eval/1",
@@ -309,6 +321,7 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
         "wall_time_s": wall,
         "puzzles_per_s": puzzles / wall if wall > 0 else None,
         "time_to_depth_s": dict(zip(map(str, spec.depths), depth_seconds)),
+        "predictions": predictions.FILE_NAME if cfg.save_outputs else None,
         "notes": "B>1 figures count real puzzles only (the reference also counts the padding rows of the last "
                  "test batch as solved); token accuracy is pooled over labelled tokens.",
         "rows": rows,

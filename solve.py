@@ -21,7 +21,7 @@ import torch
 from config import compose_config
 from dataset.common import DatasetError, load_split
 from evaluation import render
-from evaluation.grid import GridSpec, run_batch
+from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
@@ -44,6 +44,7 @@ class SolveConfig:
     forward_dtype: str | None
     halt_max_steps: int | None
     different_init: int
+    different_init_reset_std: float | None
     convergence_window: int
     halt_threshold: float
     seed: int | None
@@ -161,7 +162,8 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
     inner = head.model.inner.to(device).eval()
     spec = GridSpec(depths=(cfg.halt_max_steps or config.halt_max_steps,), breadths=(cfg.different_init,),
                     blocks_per_step=config.blocks_per_step, window=cfg.convergence_window, halt=True,
-                    halt_threshold=float(cfg.halt_threshold))
+                    halt_threshold=float(cfg.halt_threshold),
+                    fresh_init_std=fresh_init_std(config, cfg.different_init_reset_std))
     rule = "top-1 by convergence" if spec.reported(spec.max_depth, spec.max_breadth, "conv_top1") else \
         "trajectory 1 (convergence needs D >= 2)"
     seed = cfg.seed if cfg.seed is not None else int(info["train_config"].get("seed") or 0)
@@ -173,13 +175,10 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
         index = torch.as_tensor(numbers[start:start + CHUNK], dtype=torch.long, device=device)
         batch = {"inputs": x, "labels": torch.full_like(x, IGNORE_LABEL_ID), "index": index,
                  "mask": torch.ones(len(x), dtype=torch.bool, device=device)}
-        sampler = KeyedSampler(seed, index.repeat_interleave(breadth),
-                               torch.arange(breadth, device=device).repeat(len(x)))
-        found = {}
-        run_batch(inner, batch, spec, sampler, answers_out=found)
+        found = run_batch(inner, batch, spec, KeyedSampler(seed, *row_keys(spec, index)))[3]
         for row in range(len(x)):
             results.append({"inputs": inputs[start + row], "label": None if labels is None else labels[start + row],
-                            "answer": found["preds"][row].cpu().numpy(),
+                            "answer": found["answer"][row].cpu().numpy(),
                             **{k: int(found[k][row]) for k in ("trajectory", "settled_step", "halt_step")}})
             results[-1]["problem"] = render.PROBLEM[task](results[-1]["inputs"], results[-1]["answer"])
 

@@ -10,15 +10,18 @@ from utils.errors import ConfigError
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def compose_config(config_name: str, overrides: list[str], entry: str, eval_yaml: str | None = None) -> dict:
-    """Compose `config_name` with command-line `overrides` (the authors' spellings accepted, see
-    config/reference_keys.py) and, for evaluation, a yaml of keys that the overrides win over.
+def compose_config(config_name: str, overrides: list[str], entry: str | None = None,
+                   eval_yaml: str | None = None) -> dict:
+    """Compose `config_name` with command-line `overrides` and, for evaluation, a yaml of keys that the overrides
+    win over. entry "train" or "eval" also accepts the authors' spellings of that entry point's keys (see
+    config/reference_keys.py); None (solve.py, which the authors do not have) accepts only ours.
     Hydra's multi-line errors become one ConfigError line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = reference_keys.rewrite_overrides(entry, overrides)
+    if entry:
+        overrides = reference_keys.rewrite_overrides(entry, overrides)
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None, job_name=os.path.basename(config_name)):
             cfg = compose(config_name=config_name, overrides=overrides)
@@ -32,7 +35,7 @@ def compose_config(config_name: str, overrides: list[str], entry: str, eval_yaml
                               f"config/{config_name}.yaml and the defaults it names)") from None
         text = str(e).split("Config search path")[0]
         raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
-    return reference_keys.apply_reference_keys(entry, container)
+    return reference_keys.apply_reference_keys(entry, container) if entry else container
 
 
 def merge_eval_yaml(cfg, path: str, overrides: list[str]) -> None:

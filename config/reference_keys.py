@@ -67,8 +67,6 @@ INERT = {
     "eval": {
         "suffix": ("does nothing here (results go to output_dir, default eval_results/<checkpoint>_<time>/)", ANY),
         "force_rerun": ("does nothing here (every run writes a new output_dir; resume=true continues one)", ANY),
-        "different_init_reset_std": ("does nothing here (initial states follow the checkpoint's H_init_std and "
-                                     "L_init_std, as in the authors' EqR)", ANY),
         "report_conv_acc_stats": (_ALL_RULES, ANY),
         "enable_different_init_core_metrics": (_ALL_RULES, ANY),
         "wandb_run_name": (_NO_WANDB, ANY),

@@ -23,12 +23,6 @@ CSV_COLUMNS = ["depth", "breadth", "rule", "halting", "correct", "total", "accur
                "pass_wall_time_s", "checkpoint_sha256", "config_fingerprint"]
 
 
-def headline_rule(spec: GridSpec, depth: int, breadth: int) -> str:
-    """The paper's metric for a cell: exact accuracy of the top-1-by-convergence answer (B > 1, D >= 2),
-    of trajectory 1 otherwise."""
-    return "conv_top1" if spec.reported(depth, breadth, "conv_top1") else "traj1"
-
-
 def _ratio(a, b):
     return a / b if b else float("nan")
 
@@ -126,7 +120,7 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
             lines.append(f"{breadth:>9} " + "".join(f"{_pct(pick(depth, breadth)):>7}" for depth in spec.depths))
 
     block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
-          lambda d, b: find(rows, d, b, headline_rule(spec, d, b)))
+          lambda d, b: find(rows, d, b, spec.headline_rule(d, b)))
     block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
     if spec.max_breadth > 1:
         block("majority vote", lambda d, b: find(rows, d, b, "majority"))
@@ -144,8 +138,8 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
             lines.append(f"  D{depth:<3} {plain['nfe_per_puzzle']:9.1f} ({_pct(plain)}%) -> {halted['nfe_per_puzzle']:9.1f} "
                          f"({_pct(halted)}%)" + (f"   saving at equal accuracy {saving:.2f}x" if saving else ""))
     d, b = spec.max_depth, spec.max_breadth
-    head = find(rows, d, b, headline_rule(spec, d, b))
-    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[headline_rule(spec, d, b)]}): "
+    head = find(rows, d, b, spec.headline_rule(d, b))
+    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[spec.headline_rule(d, b)]}): "
                       f"{_pct(head).strip()}% ({head['correct']}/{head['total']})"])
     return "\n".join(lines)
 
@@ -168,7 +162,7 @@ def _heatmap(path: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzl
     plt = render.pyplot()
     from matplotlib.colors import LogNorm
     import numpy as np
-    accuracy = np.array([[(find(rows, d, b, headline_rule(spec, d, b)) or {}).get("accuracy", np.nan)
+    accuracy = np.array([[(find(rows, d, b, spec.headline_rule(d, b)) or {}).get("accuracy", np.nan)
                           for d in spec.depths] for b in spec.breadths], dtype=float) * 100
     floor = 50 / max(puzzles, 1)
     fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(spec.depths), 1.4 + 0.6 * len(spec.breadths)))
@@ -204,7 +198,7 @@ def _accuracy_vs_nfe(path: str, spec: GridSpec, rows: list[dict], checkpoint: st
         return colour
 
     for breadth in spec.breadths:
-        rule = headline_rule(spec, spec.max_depth, breadth)
+        rule = spec.headline_rule(spec.max_depth, breadth)
         points = [find(rows, d, breadth, rule) for d in spec.depths if spec.reported(d, breadth, rule)]
         name = "top-1 by convergence" if rule == "conv_top1" else "trajectory 1"
         colour = line(points, "o-", f"B={breadth}: {name}")

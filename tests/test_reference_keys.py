@@ -38,7 +38,7 @@ THEIR_TRAIN_KEYS = {
 OURS = {"global_batch_size", "epochs", "eval_interval_steps", "checkpoint_interval_steps", "lr", "lr_min_ratio",
         "lr_warmup_steps", "beta1", "beta2", "weight_decay", "ema", "ema_rate", "project_name", "run_name",
         "checkpoint_path", "resume", "seed", "max_steps", "wandb_mode"}
-# Every key of their depth_breadth.yaml and EvalConfig (save_outputs aside), with a value they would pass.
+# Every key of their depth_breadth.yaml and EvalConfig, with a value they would pass.
 THEIR_EVAL_KEYS = {
     "halt_max_steps": "16", "checkpoint": "c.pt", "param_iter": "{arch.halt_max_steps:16}", "suffix": "D16_B1",
     "global_batch_size": "64", "max_eval_steps": "null", "force_rerun": "true", "different_init": "1",
@@ -46,7 +46,7 @@ THEIR_EVAL_KEYS = {
     "report_conv_acc_stats": "false", "enable_different_init_core_metrics": "true", "wandb_run_name": "Eval",
     "checkpoint_list": "[]", "dataset_data_path": "data/x", "load_strict": "null", "top_k": "null",
     "shared_param_iter": "{}", "description": "null", "name": "Eval", "wandb_tags": "null",
-    "loss_head_name": "losses@InferenceLossHead", "convergence_vis_plots": "[]",
+    "loss_head_name": "losses@InferenceLossHead", "convergence_vis_plots": "[]", "save_outputs": "false",
 }
 
 
@@ -67,6 +67,7 @@ def test_every_key_of_their_eval_configs_is_taken(plus, capsys):
     cfg = evaluate.parse_config(compose_eval_config([f"{plus}{k}={v}" for k, v in THEIR_EVAL_KEYS.items()]))
     assert (cfg.checkpoint, cfg.data_path, cfg.halt_max_steps, cfg.different_init) == ("c.pt", "data/x", 16, 1)
     assert cfg.convergence_top_k == 1 and cfg.global_batch_size == 64
+    assert cfg.different_init_reset_std == 1.0 and cfg.save_outputs is False
     assert all(line.startswith("notice: ") for line in capsys.readouterr().err.splitlines())
 
 
