@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from config import compose_config
 from dataset.common import load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
@@ -113,7 +114,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
     inner = head.model.inner.to(device).eval()
     model_config = inner.config
-    data_path = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)
+    data_path, _ = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)
     if cfg.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {cfg.global_batch_size} does not split over {world_size} processes")
     depth = cfg.depth or model_config.halt_max_steps
@@ -196,7 +197,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry(argv, __doc__, "cfg_diagnose", parse_config, diagnose)
+    return run_entry(argv, __doc__, lambda overrides: compose_config("cfg_diagnose", overrides), parse_config, diagnose)
 
 
 if __name__ == "__main__":

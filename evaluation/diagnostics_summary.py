@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from evaluation.report import _save_figure
+from evaluation.render import save_figure
 from utils.files import atomic_write
 
 
@@ -180,7 +180,7 @@ def write_plots(output_dir: str, table: dict[str, np.ndarray], depth: int, prefi
         ax.set_title(title)
         ax.legend(fontsize=7)
         path = os.path.join(output_dir, name)
-        _save_figure(fig, path)
+        save_figure(fig, path)
         plt.close(fig)
         return path
 

@@ -205,18 +205,25 @@ class ReasoningCore(nn.Module):
             self.register_buffer("H_init", trunc_normal_(torch.empty(hidden, dtype=dtype), std=config.H_init_std))
             self.register_buffer("L_init", trunc_normal_(torch.empty(hidden, dtype=dtype), std=config.L_init_std))
 
-    def reset_latents(self, z_H: torch.Tensor, z_L: torch.Tensor, reset: torch.Tensor, sampler) -> None:
-        """Overwrite, in place, the latents of the rows where `reset` is true with fresh initial states."""
-        if not self.config.random_init:
+    def reset_latents(self, z_H: torch.Tensor, z_L: torch.Tensor, reset: torch.Tensor, sampler,
+                      fresh_std: float | None = None) -> None:
+        """Overwrite, in place, the latents of the rows where `reset` is true with fresh initial states.
+
+        fresh_std: a model with fixed initial latents (TRM) starts these rows from fresh truncated-normal
+        draws of this std instead (evaluation at B > 1, as the reference). A model trained from random
+        latents always draws with its own H_init_std / L_init_std.
+        """
+        if not self.config.random_init and fresh_std is None:
             mask = reset.view(-1, 1, 1)
             z_H.copy_(torch.where(mask, self.H_init, z_H))
             z_L.copy_(torch.where(mask, self.L_init, z_L))
             return
+        H_std, L_std = (self.config.H_init_std, self.config.L_init_std) if self.config.random_init else (fresh_std,) * 2
         rows = reset.nonzero().flatten()
         if len(rows):
             shape = z_H.shape[1:]
-            z_H[rows] = sampler.initial_state(rows, shape, z_H.dtype, z_H.device, self.config.H_init_std)
-            z_L[rows] = sampler.initial_state(rows, shape, z_L.dtype, z_L.device, self.config.L_init_std)
+            z_H[rows] = sampler.initial_state(rows, shape, z_H.dtype, z_H.device, H_std)
+            z_L[rows] = sampler.initial_state(rows, shape, z_L.dtype, z_L.device, L_std)
 
     def recursion(self, z_H, z_L, x, sampler):
         for _ in range(self.config.L_cycles):

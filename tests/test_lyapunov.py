@@ -126,7 +126,7 @@ def test_trace_follows_the_trajectory_that_evaluate_scores():
     rows = lambda: KeyedSampler(seed, batch["index"].repeat_interleave(breadth), torch.arange(breadth).repeat(6))
     traced = trace_batch(head.model.inner, batch, depth, 2, breadth, rows(), seed, prefix=2)
     spec = GridSpec(depths=tuple(range(1, depth + 1)), breadths=(1, breadth), blocks_per_step=1)
-    cells, _, _ = run_batch(head.model.inner, batch, spec, rows())
+    cells, _, _, _ = run_batch(head.model.inner, batch, spec, rows())
     all_traj = spec.rules.index("all_traj")
     real = batch["mask"].repeat_interleave(breadth)
     assert [int(cells[d, 1, all_traj, 0]) for d in range(depth)] == traced["solved"][real].sum(0).tolist()
