@@ -24,7 +24,7 @@ from dataset.common import load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
 from evaluation import diagnostics_summary as summary_file
-from evaluation.grid import fingerprint, partial_path, remove_partial, resume_partial
+from evaluation.grid import fingerprint, fresh_init_std, partial_path, remove_partial, resume_partial
 from evaluation.keyed_rng import KeyedSampler
 from evaluation.lyapunov import trace_batch
 from evaluation.report import write_json
@@ -47,6 +47,7 @@ class DiagnoseConfig:
     depth: int | None
     lyapunov_k: int
     breadth: int
+    different_init_reset_std: float | None
     max_examples: int | None
     noise: str
     settle_threshold: float | None
@@ -65,6 +66,9 @@ class DiagnoseConfig:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.noise not in ("fixed", "off"):
             raise ConfigError(f"noise: expected fixed or off, got {self.noise!r}")
+        if self.different_init_reset_std is not None and not self.different_init_reset_std > 0:
+            raise ConfigError(f"different_init_reset_std: expected a positive number or null, "
+                              f"got {self.different_init_reset_std!r}")
         for key in ("depth", "max_examples"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer or null, got {getattr(self, key)!r}")
@@ -118,6 +122,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     if cfg.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {cfg.global_batch_size} does not split over {world_size} processes")
     depth = cfg.depth or model_config.halt_max_steps
+    fresh_std = fresh_init_std(model_config, cfg.different_init_reset_std) if cfg.breadth > 1 else None
     state_size = 2 * model_config.seq_len * model_config.hidden_size
     if cfg.lyapunov_k > state_size:
         raise ConfigError(f"lyapunov_k: {cfg.lyapunov_k} exceeds the joint state's dimension {state_size}")
@@ -131,8 +136,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": cfg.global_batch_size, "world_size": world_size,
                 "seed": seed, "depth": depth, "lyapunov_k": cfg.lyapunov_k, "breadth": cfg.breadth,
-                "noise": cfg.noise, "prefix_segments": cfg.prefix_segments, "model": model_config.to_dict(),
-                "device_type": device.type}
+                "fresh_init_std": fresh_std, "noise": cfg.noise, "prefix_segments": cfg.prefix_segments,
+                "model": model_config.to_dict(), "device_type": device.type}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
     own_partial = partial_path(output_dir, rank, world_size)
@@ -155,7 +160,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
         batch = {k: v.to(device) for k, v in batch.items()}
         sampler = KeyedSampler(seed, batch["index"].repeat_interleave(cfg.breadth),
                                torch.arange(cfg.breadth, device=device).repeat(batch["index"].shape[0]))
-        traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments)
+        traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments,
+                             fresh_std)
         parts.append(batch_records(batch, traced, cfg.breadth))
         bar.update(max(0, min(cfg.global_batch_size, examples - batch_index * cfg.global_batch_size)))
         done = batch_index + 1

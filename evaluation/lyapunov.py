@@ -82,13 +82,15 @@ class SegmentNoise:
 
 
 @torch.no_grad()  # no reverse-mode graph; forward-mode tangents still flow (they ignore grad mode)
-def trace_batch(inner, batch: dict, depth: int, k: int, breadth: int, sampler, seed: int, prefix: int) -> dict:
+def trace_batch(inner, batch: dict, depth: int, k: int, breadth: int, sampler, seed: int, prefix: int,
+                fresh_std: float | None = None) -> dict:
     """Run `breadth` trajectories per puzzle for `depth` segments, carrying k tangent directions.
 
     inner: the ReasoningCore; batch: inputs, labels [L, S], index [L] on its device; sampler: the
     model's randomness for the L * breadth rows (row r = puzzle r // breadth, trajectory r % breadth).
     Returns per row: lyap [rows, k] float64, lyap1_prefix [rows] (lambda_1 over the first `prefix`
     segments), disp / reldisp / q_halt [rows, depth] float64, solved [rows, depth] bool, to_fill [rows].
+    fresh_std: as evaluation.grid.fresh_init_std, so trajectories start where evaluate.py starts them.
     """
     config, device = inner.config, batch["inputs"].device
     rows = batch["inputs"].shape[0] * breadth
@@ -98,7 +100,7 @@ def trace_batch(inner, batch: dict, depth: int, k: int, breadth: int, sampler, s
     shape = (rows, config.seq_len, config.hidden_size)
     z_H = torch.zeros(shape, dtype=config.dtype, device=device)
     z_L = torch.zeros(shape, dtype=config.dtype, device=device)
-    inner.reset_latents(z_H, z_L, torch.ones(rows, dtype=torch.bool, device=device), sampler)
+    inner.reset_latents(z_H, z_L, torch.ones(rows, dtype=torch.bool, device=device), sampler, fresh_std)
     state = torch.cat([z_H.flatten(1), z_L.flatten(1)], 1)
     half = z_H[0].numel()
 

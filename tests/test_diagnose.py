@@ -64,6 +64,7 @@ def test_summary_aucs_equal_the_ones_recomputed_from_the_csv(checkpoint, tmp_pat
     assert {"displacement_by_outcome.png", "lyap1_vs_displacement.png", "roc.png"} <= set(os.listdir(out))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(checkpoint, tmp_path):
     two = launcher.launch("diagnose.py", f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'two'}",
                           "global_batch_size=4", "plots=false", *ARGS, nproc=2)

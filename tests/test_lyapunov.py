@@ -10,7 +10,7 @@ from evaluation.keyed_rng import KeyedSampler
 from evaluation.lyapunov import (SegmentNoise, initial_frame, lyapunov_exponents, orthonormalise, push_frame,
                                  trace_batch)
 from models.eqr import ModelConfig, ReasoningCore
-from test_eval_grid import EQR, build_model, random_batch
+from test_eval_grid import EQR, TRM, build_model, random_batch
 
 TINY = dict(seq_len=4, vocab_size=4, hidden_size=8, num_heads=2, H_cycles=2, L_cycles=1, L_layers=1,
             forward_dtype="float32", H_init_std=0.5, L_init_std=0.5, noise_scale=0.05)
@@ -118,17 +118,18 @@ def test_push_frame_equals_the_dense_jacobian_times_the_frame():
     assert torch.equal(next_state, torch.tanh(state @ w.T)) and torch.equal(total, state.sum(1))
 
 
-def test_trace_follows_the_trajectory_that_evaluate_scores():
-    head = build_model(EQR, q_weight_std=0.5)
+@pytest.mark.parametrize("arch,fresh_std", [(EQR, None), (TRM, 1.0)])  # TRM at B > 1: fresh starts, as evaluate
+def test_trace_follows_the_trajectory_that_evaluate_scores(arch, fresh_std):
+    head = build_model(arch, q_weight_std=0.5)
     batch = random_batch(head, 5, pad=1)
     batch["labels"][:5, ::2] = batch["labels"][:5, ::2] % 3 + 1  # not every answer right at every depth
     breadth, depth, seed = 2, 4, 99
     rows = lambda: KeyedSampler(seed, batch["index"].repeat_interleave(breadth), torch.arange(breadth).repeat(6))
-    traced = trace_batch(head.model.inner, batch, depth, 2, breadth, rows(), seed, prefix=2)
-    spec = GridSpec(depths=tuple(range(1, depth + 1)), breadths=(1, breadth), blocks_per_step=1)
+    traced = trace_batch(head.model.inner, batch, depth, 2, breadth, rows(), seed, prefix=2, fresh_std=fresh_std)
+    spec = GridSpec(depths=tuple(range(1, depth + 1)), breadths=(breadth,), blocks_per_step=1, fresh_init_std=fresh_std)
     cells, _, _, _ = run_batch(head.model.inner, batch, spec, rows())
     all_traj = spec.rules.index("all_traj")
     real = batch["mask"].repeat_interleave(breadth)
-    assert [int(cells[d, 1, all_traj, 0]) for d in range(depth)] == traced["solved"][real].sum(0).tolist()
+    assert [int(cells[d, 0, all_traj, 0]) for d in range(depth)] == traced["solved"][real].sum(0).tolist()
     assert traced["lyap"].shape == (12, 2) and math.isfinite(traced["lyap"][real].sum())
     assert not traced["lyap1_prefix"].isnan().any()  # set, since depth > prefix
