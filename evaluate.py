@@ -6,8 +6,11 @@
 One cell, as the reference:  halt_max_steps=64 different_init=128 convergence_top_k=1 global_batch_size=16
 A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128]   (or eval=paper_grid)
 Elastic budget (halting):    halt=true [halt_threshold=0]
+The authors' form:           eval_yaml=config/eval/depth_breadth.yaml dataset_data_path=DATA   (scripts/eval.sh)
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
-Writes results.json, results.csv and PNG plots to output_dir; resume=true continues a killed sweep.
+Writes results.json, results.csv and PNG plots to output_dir (save_outputs=true: also predictions.npz);
+resume=true continues a killed sweep. With plots=true, render_examples=N also draws N solved and N failed
+puzzles (examples_*.png).
 """
 import os
 import signal
@@ -15,18 +18,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from config import compose_config, config_help
+from config import compose_eval_config, config_help
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
-from evaluation import report
-from evaluation.grid import (GridSpec, fingerprint, load_partial, memory_lower_bound, partial_path, run_batch,
-                             save_partial)
+from evaluation import predictions, render, report
+from evaluation.grid import (GridSpec, fingerprint, fresh_init_std, memory_lower_bound, partial_path, remove_partial,
+                             resume_partial, row_keys, run_batch, save_partial)
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
+from utils.constants import IGNORE_LABEL_ID
 from utils.errors import CheckpointError, RunError
 from utils.processes import broadcast, close_processes, free_memory, setup_processes, should_report
 from utils.typecheck import check_range, check_types
@@ -47,6 +52,7 @@ class EvalConfig:
     compile: bool | None
     halt_max_steps: int | None
     different_init: int | None
+    different_init_reset_std: float | None
     depths: list | None
     breadths: list | None
     convergence_top_k: int
@@ -61,11 +67,15 @@ class EvalConfig:
     save_every_batches: int
     save_every_seconds: float
     plots: bool
+    render_examples: int
     progress: bool
+    save_outputs: bool
 
     def __post_init__(self):
         check_types(self)
         check_range("", "save_every_seconds", self.save_every_seconds, low=0, low_open=True)
+        if self.different_init_reset_std is not None:
+            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.rng not in ("keyed", "torch"):
@@ -74,6 +84,8 @@ class EvalConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
+        if not isinstance(self.render_examples, int) or self.render_examples < 0:
+            raise ConfigError(f"render_examples: expected an integer >= 0, got {self.render_examples!r}")
         for key in ("convergence_top_k", "convergence_window", "save_every_batches"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
@@ -95,7 +107,7 @@ def parse_config(cfg: dict) -> EvalConfig:
     known = {f.name for f in fields(EvalConfig)}
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_eval.yaml for the known keys)")
+        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_eval.yaml for the known keys)")
     return EvalConfig(**cfg)
 
 
@@ -118,18 +130,33 @@ def train_setting(train_config: dict, key: str):
     return None
 
 
+def dataset_for(data_path: str | None, train_config: dict, split: str, model_config):
+    """The dataset to run on (the one given, else the checkpoint's), checked against the model's shapes
+    -> (its path, its split's metadata)."""
+    data_path = data_path or train_setting(train_config, "data_path")
+    if not data_path:
+        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
+    meta = load_metadata(data_path, split)
+    for key in ("seq_len", "vocab_size"):
+        if getattr(meta, key) != getattr(model_config, key):
+            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
+                              f"the checkpoint's model {getattr(model_config, key)}")
+    return data_path, meta
+
+
 def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     depths = cfg.depths or [cfg.halt_max_steps or model_config.halt_max_steps]
     breadths = cfg.breadths or [cfg.different_init or 1]
     return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
                     blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
-                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold))
+                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold),
+                    fresh_init_std=fresh_init_std(model_config, cfg.different_init_reset_std))
 
 
 def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device) -> None:
     """Refuse, before allocating, a batch x breadth whose latents alone exceed the free memory."""
     free = free_memory(device)
-    per_puzzle = memory_lower_bound(model_config, spec.max_breadth)
+    per_puzzle = memory_lower_bound(model_config, spec.rows_per_puzzle)
     need = per_puzzle * (global_batch_size // world_size)
     if free is None or need <= free:
         return
@@ -140,12 +167,24 @@ def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_siz
                       f"{need / 2**30:.1f} GiB per process, {free / 2**30:.1f} GiB is free on {device}; {advice}")
 
 
-def make_sampler(cfg: EvalConfig, seed: int, batch: dict, breadth: int):
+def make_sampler(cfg: EvalConfig, seed: int, batch: dict, spec: GridSpec):
     if cfg.rng == "torch":
         return TorchSampler()
-    puzzles = batch["index"].repeat_interleave(breadth)
-    trajectories = torch.arange(breadth, device=puzzles.device).repeat(batch["index"].shape[0])
-    return KeyedSampler(seed, puzzles, trajectories)
+    return KeyedSampler(seed, *row_keys(spec, batch["index"]))
+
+
+def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
+    """Add this batch's first solved and failed puzzles to shown["solved"] / ["failed"], up to `limit` each."""
+    labels = batch["labels"].cpu().numpy()
+    for row in torch.nonzero(batch["mask"]).flatten().tolist():
+        answer = answers["answer"][row].cpu().numpy()
+        label = labels[row]
+        label = np.where(label == IGNORE_LABEL_ID, answer, label)  # unlabelled cells count as right
+        wrong = int((answer != label).sum())
+        kept = shown["failed" if wrong else "solved"]
+        if len(kept) < limit:
+            kept.append({"inputs": batch["inputs"][row].cpu().numpy(), "answer": answer, "label": label,
+                         "caption": f"#{int(batch['index'][row])}: " + (f"{wrong} cells wrong" if wrong else "solved")})
 
 
 # ----------------------------------------------------------------------------- the run
@@ -166,14 +205,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     compiled = compile_core(inner, cfg.compile, device)
     train_config = info["train_config"]
 
-    data_path = cfg.data_path or train_setting(train_config, "data_path")
-    if not data_path:
-        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
-    meta = load_metadata(data_path, cfg.split)
-    for key in ("seq_len", "vocab_size"):
-        if getattr(meta, key) != getattr(model_config, key):
-            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
-                              f"the checkpoint's model {getattr(model_config, key)}")
+    data_path, meta = dataset_for(cfg.data_path, train_config, cfg.split, model_config)
     global_batch_size = cfg.global_batch_size or train_setting(train_config, "global_batch_size")
     if not global_batch_size:
         raise ConfigError("global_batch_size: the checkpoint does not record one; pass global_batch_size=N")
@@ -192,7 +224,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
                 "seed": seed, "rng": cfg.rng, "spec": spec.to_dict(), "model": model_config.to_dict(),
-                "device_type": device.type}
+                "device_type": device.type, "save_outputs": cfg.save_outputs}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
 
@@ -200,17 +232,13 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     counts = torch.zeros(spec.size, dtype=torch.long, device=device)
     start_batch, seconds_before, depth_seconds = 0, 0.0, [0.0] * len(spec.depths)
     own_partial = partial_path(output_dir, rank, world_size)
-    if cfg.resume and os.path.isfile(own_partial):
-        state = load_partial(own_partial, identity)
+    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "results.json")
+    if state is not None:
         counts += state["counts"].to(device)
         start_batch, seconds_before, depth_seconds = state["next_batch"], state["seconds"], state["depth_seconds"]
-    elif os.path.isfile(os.path.join(output_dir, "results.json")):
-        raise ConfigError(f"output_dir: {output_dir} holds the results of a finished evaluation; choose another output_dir")
-    elif not cfg.resume and os.path.isdir(os.path.dirname(own_partial)) and os.listdir(os.path.dirname(own_partial)):
-        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished sweep; "
-                          f"pass resume=true to continue it or choose another output_dir")
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
+    writer = predictions.ShardWriter(output_dir, rank, world_size, start_batch, meta.vocab_size) if cfg.save_outputs else None
 
     if rank == 0:
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
@@ -224,47 +252,54 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                desc=f"eval D{spec.max_depth} B{spec.max_breadth}", disable=rank != 0 or not cfg.progress,
                dynamic_ncols=True, smoothing=0.1)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
+    task = render.task_of(model_config.vocab_size, model_config.seq_len)
+    shown = {"task": task, "solved": [], "failed": []}  # rank 0's first answers at the largest cell, to draw
+    want_shown = rank == 0 and cfg.plots and cfg.render_examples > 0 and task is not None
     started = last_save = time.time()
     batch_index = start_batch
     for batch_index, batch in enumerate(iter_test_batches(data_path, global_batch_size, rank, world_size, cfg.split,
                                                           max_examples, start_batch=start_batch), start=start_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        sampler = make_sampler(cfg, seed, batch, spec.max_breadth)
-        cells, hist, seconds = run_batch(inner, batch, spec, sampler)
+        sampler = make_sampler(cfg, seed, batch, spec)
+        cells, hist, seconds, headline = run_batch(inner, batch, spec, sampler)
+        if want_shown and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
+            keep_examples(shown, batch, headline, cfg.render_examples)
         counts += torch.cat([cells.flatten(), hist.flatten()])
+        if writer:
+            writer.add(batch, headline)
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
         bar.update(max(0, min(global_batch_size, examples - batch_index * global_batch_size)))
         done = batch_index + 1
         if done < num_batches and (done % cfg.save_every_batches == 0 or time.time() - last_save > cfg.save_every_seconds):
+            if writer:  # first the predictions, then the counts that say how far they go
+                writer.flush(done)
             save_partial(own_partial, identity, done, counts, seconds_before + time.time() - started, depth_seconds)
             last_save = time.time()
         if kill_after and done - start_batch >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     wall = seconds_before + time.time() - started
+    if writer:
+        writer.flush(num_batches)
 
-    if world_size > 1:  # the one reduction of the run
+    if world_size > 1:  # the one reduction of the run (every rank has flushed its predictions before it)
         dist.all_reduce(counts)
     results = None
     if rank == 0:
-        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device)
-    if world_size > 1:
-        dist.barrier()
-    if os.path.isfile(own_partial):  # the finished results replace this rank's partial counts
-        os.remove(own_partial)
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0 and os.path.isdir(os.path.dirname(own_partial)) and not os.listdir(os.path.dirname(own_partial)):
-        os.rmdir(os.path.dirname(own_partial))
+        if writer:
+            d, b = spec.max_depth, spec.max_breadth
+            predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
+        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown)
+    remove_partial(output_dir, rank, world_size)  # the finished results replace the partial counts
     return results
 
 
-def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device) -> dict:
+def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown) -> dict:
     cells, hist = spec.split(counts)
     rows = report.build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
     d, b = spec.max_depth, spec.max_breadth
-    rule = report.headline_rule(spec, d, b)
+    rule = spec.headline_rule(d, b)
     head = report.find(rows, d, b, rule)
     results = {
         "format": "eqr-eval/1",
@@ -283,6 +318,7 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
         "wall_time_s": wall,
         "puzzles_per_s": puzzles / wall if wall > 0 else None,
         "time_to_depth_s": dict(zip(map(str, spec.depths), depth_seconds)),
+        "predictions": predictions.FILE_NAME if cfg.save_outputs else None,
         "notes": "B>1 figures count real puzzles only (the reference also counts the padding rows of the last "
                  "test batch as solved); token accuracy is pooled over labelled tokens.",
         "rows": rows,
@@ -295,27 +331,33 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     report.write_json(os.path.join(output_dir, "results.json"), results)
     report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
     if cfg.plots:
-        report.write_plots(output_dir, spec, rows)
+        report.write_plots(output_dir, spec, rows, checkpoint_name(cfg.checkpoint), puzzles)
+        cell = f"{checkpoint_name(cfg.checkpoint)}: D={spec.max_depth} B={spec.max_breadth}, {report.RULE_TEXT[rule]}"
+        for outcome in ("solved", "failed"):
+            if shown[outcome]:
+                render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],
+                                         shown[outcome], f"{cell}: {outcome} puzzles")
     print(report.format_table(spec, rows, puzzles))
     print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
           f"{identity['world_size']} process(es); results in {output_dir}/")
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_entry(argv: list[str] | None, usage, compose, parse, run) -> int:
+    """An entry point's life: --help (usage(overrides) -> text), compose and check the config, set up processes,
+    run, and turn a known error into one `error:` line and exit status 2. Shared with diagnose.py."""
     argv = sys.argv[1:] if argv is None else argv
     processes = None
     try:
         if any(a in ("-h", "--help") for a in argv):
-            overrides = [a for a in argv if not a.startswith("-")]
-            print(__doc__ + "\n" + config_help("cfg_eval", overrides, {"eval": "eval=NAME"}))
+            print(usage([a for a in argv if not a.startswith("-")]))
             return 0
         flags = [a for a in argv if a.startswith("-")]
         if flags:
-            raise ConfigError(f"{flags[0]}: unknown flag (evaluate.py takes key=value overrides only)")
-        cfg = parse_config(compose_config("cfg_eval", argv))
+            raise ConfigError(f"{flags[0]}: unknown flag (this entry point takes key=value overrides only)")
+        cfg = parse(compose(argv))
         processes = setup_processes(cfg.device, cfg.threads)
-        evaluate(cfg, processes.rank, processes.world_size, processes.device)
+        run(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
@@ -323,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close_processes(processes)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    usage = lambda overrides: __doc__ + "\n" + config_help("cfg_eval", overrides, {"eval": "eval=NAME"})
+    return run_entry(argv, usage, compose_eval_config, parse_config, evaluate)
 
 
 if __name__ == "__main__":

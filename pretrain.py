@@ -4,7 +4,8 @@
     torchrun --standalone --nproc-per-node 8 pretrain.py --config-name train/eqr_sudoku
 
 The config is composed with Hydra from config/ (overrides use Hydra's syntax: `lr=3e-4`,
-`arch=trm`, `arch.hidden_size=256`, `+key=value` is refused like any unknown key).
+`arch=trm`, `arch.hidden_size=256`; the authors' `+max_steps=...` and their other keys are taken as
+config/reference_keys.py says, an unknown key is refused).
 
 The loop: every row of the batch keeps its carry (latents, step count, puzzle) across
 optimizer steps; each step the loader hands out a fresh global batch, and only rows whose
@@ -13,8 +14,8 @@ linear warm-up then cosine to lr_min_ratio; EMA of the weights after every step.
 
 A run folder holds step_<N>.pt checkpoints (plus step_<N>.rank<r>.pt, the carry/RNG/loader
 state of each extra rank), `latest` (the name of the newest complete checkpoint),
-config.yaml and metrics.jsonl. With resume=true the run continues from `latest`; on CPU
-with one process the continuation is bit-exact.
+config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run
+continues from `latest`; on CPU with one process the continuation is bit-exact.
 """
 import contextlib
 import copy
@@ -33,12 +34,13 @@ from tqdm import tqdm
 from config import compose_train_config, config_help
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
+from evaluation.curves import plot_training_curves
 from models.checkpoint import safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
-from utils.errors import CheckpointError, RunError
+from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, remove_stale_temp_files
 from utils.network import reachable
 from utils.processes import (StopRequests, broadcast, close_processes, native_forward_dtype, setup_processes,
@@ -108,6 +110,9 @@ class TrainConfig:
             raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
         if self.resume and not self.run_name and not self.checkpoint_path:
             raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
+        unknown = sorted(set(self.dataset) - {"name", "data_path"})
+        if unknown:
+            raise ConfigError(f"dataset.{unknown[0]}: unknown config key (dataset takes name and data_path)")
         if not isinstance(self.arch.get("loss"), dict) or self.arch["loss"].get("loss_type") not in LOSSES:
             raise ConfigError(f"arch.loss.loss_type: expected one of {', '.join(LOSSES)}")
 
@@ -508,6 +513,10 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
                   file=sys.stderr)
         else:
             print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
+        try:  # a convenience: a plotting problem must not fail a run whose checkpoint is written
+            print(f"training curves: {plot_training_curves(run_dir)}", file=sys.stderr)
+        except Exception as e:
+            print(f"warning: {run_dir}: training curves not drawn ({first_line(e)})", file=sys.stderr)
 
 
 def check_finite(first_bad_step: torch.Tensor, run_dir: str) -> None:

@@ -4,6 +4,11 @@ One pass runs Bm = max(breadths) trajectories per puzzle for Dm = max(depths) su
 Cell (D, B) reads the first B trajectories after their first D steps; with keyed randomness
 (evaluation/keyed_rng.py) that is exactly what a separate run of the cell would compute.
 
+A model trained from fixed initial latents (TRM) starts every trajectory of a B > 1 run from a fresh
+truncated-normal state instead (`fresh_init_std`, as the reference's evaluator), and its B = 1 cells
+from its fixed latents. One pass then runs one more row per puzzle, from the fixed latents, for the
+B = 1 column, so that column still equals a separate B = 1 run.
+
 Memory does not grow with D: per row we keep the latents, the previous step's logits, the last
 `window` change norms and, with halting, the answer and step at which the row halted.
 
@@ -36,6 +41,7 @@ class GridSpec:
     window: int = 3  # convergence score: mean change norm over the last `window` steps
     halt: bool = False  # also report answers that stop at the first step with q > halt_threshold
     halt_threshold: float = 0.0
+    fresh_init_std: float | None = None  # set for fixed-init models: B > 1 trajectories start from fresh draws
 
     def __post_init__(self):
         for key in ("depths", "breadths"):
@@ -45,6 +51,8 @@ class GridSpec:
         for key in ("top_k", "window", "blocks_per_step"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        if self.fresh_init_std is not None and not self.fresh_init_std > 0:
+            raise ConfigError(f"different_init_reset_std: expected a positive number or null, got {self.fresh_init_std!r}")
 
     @property
     def max_depth(self) -> int:
@@ -53,6 +61,15 @@ class GridSpec:
     @property
     def max_breadth(self) -> int:
         return self.breadths[-1]
+
+    @property
+    def fixed_row(self) -> bool:
+        """Whether each puzzle runs one extra row from the model's fixed latents, for the B = 1 column."""
+        return self.fresh_init_std is not None and self.max_breadth > 1 and self.breadths[0] == 1
+
+    @property
+    def rows_per_puzzle(self) -> int:
+        return self.max_breadth + self.fixed_row
 
     @property
     def conv_k(self) -> int:
@@ -88,8 +105,32 @@ class GridSpec:
             return breadth > 1
         return True
 
+    def headline_rule(self, depth: int, breadth: int) -> str:
+        """The paper's metric for a cell: top-1 by convergence where it is reported, trajectory 1 otherwise."""
+        return "conv_top1" if self.reported(depth, breadth, "conv_top1") else "traj1"
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def fresh_init_std(model_config, reset_std: float | None) -> float | None:
+    """GridSpec.fresh_init_std for a model, as the reference: at B > 1 a model trained from fixed latents (TRM)
+    starts each trajectory from a fresh draw of std `reset_std`; a model trained from random latents keeps its
+    own init std, and the feed-forward model has no latent to draw."""
+    fixed_init = not model_config.random_init and not model_config.feedforward
+    return float(reset_std) if fixed_init and reset_std is not None else None
+
+
+def row_keys(spec: GridSpec, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Puzzle index and trajectory number of every row run_batch runs for a batch with puzzle indices `index`:
+    rows [r * Bm, (r + 1) * Bm) are puzzle r's trajectories 0..Bm-1; with `spec.fixed_row`, row L * Bm + r
+    is puzzle r's trajectory 0 again, started from the fixed latents."""
+    Bm = spec.max_breadth
+    puzzles = index.repeat_interleave(Bm)
+    trajectories = torch.arange(Bm, device=index.device).repeat(index.shape[0])
+    if spec.fixed_row:
+        puzzles, trajectories = torch.cat([puzzles, index]), torch.cat([trajectories, torch.zeros_like(index)])
+    return puzzles, trajectories
 
 
 def memory_lower_bound(config, rows: int) -> int:
@@ -149,12 +190,38 @@ def _convergence_counts(breadths, top_k, real, n_labels, exact, tokens, scores, 
 
 # ----------------------------------------------------------------------------- the pass
 
+def _depth_counts(spec: GridSpec, breadths, real, n_labels, step: int, per_row: dict):
+    """Every rule's counts at one depth for `breadths` -> ([nB, rules, 5], pass histograms [nB, H, Bm + 1]).
+
+    per_row holds [L, Bm, ...] views: tokens, exact, preds, scores and, with halting, the halted
+    answers h_tokens, h_exact, h_preds, h_steps.
+    """
+    L, Bm = per_row["tokens"].shape
+    hist = torch.zeros(len(breadths), spec.hist_shape[2], Bm + 1, dtype=torch.long, device=real.device)
+    steps = torch.full((L, Bm), step, dtype=torch.long, device=real.device)
+    answers, spent, hist[:, 0, :breadths[-1] + 1] = _answer_counts(
+        breadths, real, n_labels, per_row["exact"], per_row["tokens"], per_row["preds"], steps, spec.blocks_per_step)
+    conv = _convergence_counts(breadths, spec.conv_k, real, n_labels, per_row["exact"], per_row["tokens"],
+                               per_row["scores"], spent)
+    parts = [answers[:, :2], conv, answers[:, 2:]]
+    if spec.halt:
+        h_answers, _, hist[:, 1, :breadths[-1] + 1] = _answer_counts(
+            breadths, real, n_labels, per_row["h_exact"], per_row["h_tokens"], per_row["h_preds"], per_row["h_steps"],
+            spec.blocks_per_step)
+        parts.append(h_answers)
+    return torch.cat(parts, 1), hist
+
+
 @torch.inference_mode()
-def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Every cell of the grid on one batch -> (cell counts, histograms, seconds to reach each depth).
+def run_batch(inner, batch: dict, spec: GridSpec, sampler):
+    """Every cell of the grid on one batch -> (cell counts, histograms, seconds to reach each depth, headline).
 
     inner: the ReasoningCore; batch: inputs, labels [L, S], mask [L] on its device; sampler: the
-    model's randomness for the L * Bm rows (row r = puzzle r // Bm, trajectory r % Bm).
+    model's randomness for the rows laid out as row_keys(spec, batch["index"]) says.
+    headline: the answer of the headline cell (max depth, max breadth, spec.headline_rule) per puzzle:
+    trajectory [L] (0-based), answer [L, S] (argmax tokens), solved [L] (bool; False for uncounted rows),
+    settled_step [L] (the step after which that trajectory's answer no longer changed) and, with spec.halt,
+    halt_step [L] (its first step with q > halt_threshold; 0: none).
     """
     start = time.perf_counter()
     config, device = inner.config, batch["inputs"].device
@@ -163,15 +230,21 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor
     labelled = labels != IGNORE_LABEL_ID
     n_labels = labelled.sum(-1)
     real = batch["mask"] & (n_labels > 0)  # padding rows and unlabelled rows are never counted
-    inputs = batch["inputs"].repeat_interleave(Bm, 0)
-    row_labels, row_labelled = labels.repeat_interleave(Bm, 0), labelled.repeat_interleave(Bm, 0)
-    row_n_labels = n_labels.repeat_interleave(Bm, 0)
-    rows = L * Bm
+
+    def per_row(x):  # [L, ...] -> one copy per row
+        rows = x.repeat_interleave(Bm, 0)
+        return torch.cat([rows, x]) if spec.fixed_row else rows
+
+    inputs, row_labels, row_labelled, row_n_labels = map(per_row, (batch["inputs"], labels, labelled, n_labels))
+    rows = inputs.shape[0]
 
     shape = (rows, config.seq_len, config.hidden_size)
     z_H = torch.zeros(shape, dtype=config.dtype, device=device)
     z_L = torch.zeros(shape, dtype=config.dtype, device=device)
-    inner.reset_latents(z_H, z_L, torch.ones(rows, dtype=torch.bool, device=device), sampler)
+    fresh = torch.arange(rows, device=device) < L * Bm
+    inner.reset_latents(z_H, z_L, fresh, sampler, fresh_std=spec.fresh_init_std if Bm > 1 else None)
+    if spec.fixed_row:
+        inner.reset_latents(z_H, z_L, ~fresh, sampler)
 
     cells = torch.zeros(spec.cell_shape, dtype=torch.long, device=device)
     hist = torch.zeros(spec.hist_shape, dtype=torch.long, device=device)
@@ -182,8 +255,12 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor
         halt_step = torch.zeros(rows, dtype=torch.long, device=device)
         halt_tokens = torch.zeros(rows, dtype=torch.long, device=device)
         halt_preds = torch.zeros(rows, config.seq_len, dtype=torch.long, device=device)
+    last_preds = torch.full((rows, config.seq_len), -1, dtype=torch.long, device=device)
+    settled = torch.zeros(rows, dtype=torch.long, device=device)
     depth_seconds = []
-    view = lambda x: x.view(L, Bm, *x.shape[1:])  # rows -> [puzzle, trajectory, ...]
+    view = lambda x: x[:L * Bm].view(L, Bm, *x.shape[1:])  # rows -> [puzzle, trajectory, ...]
+    # The B = 1 column's view: trajectory 0 is the row from the fixed latents.
+    fixed_view = lambda x: torch.cat([x[L * Bm:].view(L, 1, *x.shape[1:]), view(x)[:, 1:]], 1)
 
     for step in range(1, spec.max_depth + 1):
         z_H, z_L, logits, q = inner(z_H, z_L, inputs, sampler)
@@ -199,31 +276,39 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler) -> tuple[torch.Tensor
             halt_tokens = torch.where(stop, tokens, halt_tokens)
             halt_preds = torch.where(stop[:, None], preds, halt_preds)
             halted |= stop
+        settled = torch.where((preds != last_preds).any(-1), step, settled)
+        last_preds = preds
         if step not in spec.depths:
             continue
 
         d = spec.depths.index(step)
-        steps = torch.full((L, Bm), step, dtype=torch.long, device=device)
-        exact = view(tokens == row_n_labels)
-        answers, spent, hist[d, :, 0] = _answer_counts(spec.breadths, real, n_labels, exact, view(tokens),
-                                                       view(preds), steps, spec.blocks_per_step)
         filled = min(step - 1, spec.window)
         scores = changes[:filled].mean(0) if filled else torch.zeros(rows, device=device)
-        conv = _convergence_counts(spec.breadths, spec.conv_k, real, n_labels, exact, view(tokens), view(scores), spent)
-        parts = [answers[:, :2], conv, answers[:, 2:]]
+        now = {"tokens": tokens, "exact": tokens == row_n_labels, "preds": preds, "scores": scores}
         if spec.halt:  # a row that has not halted by this depth answers with its prediction here
             h_tokens = torch.where(halted, halt_tokens, tokens)
-            h_steps = torch.where(halted, halt_step, step)
-            h_preds = torch.where(halted[:, None], halt_preds, preds)
-            h_answers, _, hist[d, :, 1] = _answer_counts(spec.breadths, real, n_labels, view(h_tokens == row_n_labels),
-                                                         view(h_tokens), view(h_preds), view(h_steps),
-                                                         spec.blocks_per_step)
-            parts.append(h_answers)
-        cells[d] = torch.cat(parts, 1)
+            now.update(h_tokens=h_tokens, h_exact=h_tokens == row_n_labels, h_steps=torch.where(halted, halt_step, step),
+                       h_preds=torch.where(halted[:, None], halt_preds, preds))
+        cells[d], hist[d] = _depth_counts(spec, spec.breadths, real, n_labels, step,
+                                          {k: view(v) for k, v in now.items()})
+        if spec.fixed_row:
+            cells[d, :1], hist[d, :1] = _depth_counts(spec, (1,), real, n_labels, step,
+                                                      {k: fixed_view(v) for k, v in now.items()})
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         depth_seconds.append(time.perf_counter() - start)
-    return cells, hist, depth_seconds
+
+    # After the last depth: `now` holds its rows. The headline cell reads the first Bm rows of each puzzle.
+    if spec.headline_rule(spec.max_depth, Bm) == "conv_top1":
+        trajectory = selection.convergence_order(view(now["scores"]), (Bm,), 1)[:, 0, 0]
+    else:
+        trajectory = torch.zeros(L, dtype=torch.long, device=device)
+    pick = lambda x: view(x)[torch.arange(L, device=device), trajectory]
+    headline = {"trajectory": trajectory, "answer": pick(now["preds"]), "solved": pick(now["exact"]) & real,
+                "settled_step": pick(settled)}
+    if spec.halt:
+        headline["halt_step"] = pick(halt_step)
+    return cells, hist, depth_seconds, headline
 
 
 # ----------------------------------------------------------------------------- partial results (resume)
@@ -257,3 +342,32 @@ def load_partial(path: str, identity: dict) -> dict:
         raise ConfigError(f"{path}: written with {diff}={saved.get(diff)!r}, this run has {diff}={now.get(diff)!r}; "
                           f"resume with the same settings or use another output_dir")
     return state
+
+
+def resume_partial(output_dir: str, rank: int, world_size: int, identity: dict, resume: bool, finished: str,
+                   what: str = "evaluation") -> dict | None:
+    """This rank's saved progress when resuming (None: start from the beginning); refuses to overwrite a
+    finished `what` (its `finished` file exists) or, without resume, an unfinished one."""
+    own = partial_path(output_dir, rank, world_size)
+    if resume and os.path.isfile(own):
+        return load_partial(own, identity)
+    if os.path.isfile(os.path.join(output_dir, finished)):
+        raise ConfigError(f"output_dir: {output_dir} holds the results of a finished {what}; choose another output_dir")
+    if not resume and os.path.isdir(os.path.dirname(own)) and os.listdir(os.path.dirname(own)):
+        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished {what}; "
+                          f"pass resume=true to continue it or choose another output_dir")
+    return None
+
+
+def remove_partial(output_dir: str, rank: int, world_size: int) -> None:
+    """Once the outputs are written: every rank drops its partial file, then rank 0 the empty folder."""
+    import torch.distributed as dist
+    own = partial_path(output_dir, rank, world_size)
+    if world_size > 1:
+        dist.barrier()
+    if os.path.isfile(own):
+        os.remove(own)
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0 and os.path.isdir(os.path.dirname(own)) and not os.listdir(os.path.dirname(own)):
+        os.rmdir(os.path.dirname(own))

@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from evaluation import selection
+from evaluation import render, selection
 from evaluation.grid import FIELDS, GridSpec
 from utils.files import atomic_write
 
@@ -21,12 +21,6 @@ RULE_TEXT = {
 CSV_COLUMNS = ["depth", "breadth", "rule", "halting", "correct", "total", "accuracy", "token_correct", "token_total",
                "token_accuracy", "nfe_per_puzzle", "nfe_saving_at_equal_accuracy", "time_to_depth_s",
                "pass_wall_time_s", "checkpoint_sha256", "config_fingerprint"]
-
-
-def headline_rule(spec: GridSpec, depth: int, breadth: int) -> str:
-    """The paper's metric for a cell: exact accuracy of the top-1-by-convergence answer (B > 1, D >= 2),
-    of trajectory 1 otherwise."""
-    return "conv_top1" if spec.reported(depth, breadth, "conv_top1") else "traj1"
 
 
 def _ratio(a, b):
@@ -126,7 +120,7 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
             lines.append(f"{breadth:>9} " + "".join(f"{_pct(pick(depth, breadth)):>7}" for depth in spec.depths))
 
     block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
-          lambda d, b: find(rows, d, b, headline_rule(spec, d, b)))
+          lambda d, b: find(rows, d, b, spec.headline_rule(d, b)))
     block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
     if spec.max_breadth > 1:
         block("majority vote", lambda d, b: find(rows, d, b, "majority"))
@@ -144,63 +138,85 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
             lines.append(f"  D{depth:<3} {plain['nfe_per_puzzle']:9.1f} ({_pct(plain)}%) -> {halted['nfe_per_puzzle']:9.1f} "
                          f"({_pct(halted)}%)" + (f"   saving at equal accuracy {saving:.2f}x" if saving else ""))
     d, b = spec.max_depth, spec.max_breadth
-    head = find(rows, d, b, headline_rule(spec, d, b))
-    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[headline_rule(spec, d, b)]}): "
+    head = find(rows, d, b, spec.headline_rule(d, b))
+    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[spec.headline_rule(d, b)]}): "
                       f"{_pct(head).strip()}% ({head['correct']}/{head['total']})"])
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- plots
 
-def _save_figure(fig, path: str) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write(path, buffer.getvalue())
+CONVERGENCE_NOTE = ("B>1 lines start at D=2: convergence is the change of the logits from one step to the next, "
+                    "so after one step there is nothing to rank the B trajectories by")
 
 
-def write_plots(output_dir: str, spec: GridSpec, rows: list[dict]) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_plots(output_dir: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzles: int) -> list[str]:
+    """accuracy_heatmap.png (the paper's metric over D x B) and accuracy_vs_nfe.png (accuracy against compute)."""
+    return [_heatmap(os.path.join(output_dir, "accuracy_heatmap.png"), spec, rows, checkpoint, puzzles),
+            _accuracy_vs_nfe(os.path.join(output_dir, "accuracy_vs_nfe.png"), spec, rows, checkpoint, puzzles)]
+
+
+def _heatmap(path: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzles: int) -> str:
+    """Colour is the error rate (100 - accuracy) on a log scale, so 95, 99 and 99.9% look different;
+    each cell is annotated with its accuracy. A cell with no error is drawn at half a puzzle's error."""
+    plt = render.pyplot()
+    from matplotlib.colors import LogNorm
     import numpy as np
-
-    written = []
-    grid = np.array([[(find(rows, d, b, headline_rule(spec, d, b)) or {}).get("accuracy", np.nan) for d in spec.depths]
-                     for b in spec.breadths], dtype=float) * 100
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(spec.depths), 1.0 + 0.6 * len(spec.breadths)))
-    image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto", vmin=0, vmax=100)
+    accuracy = np.array([[(find(rows, d, b, spec.headline_rule(d, b)) or {}).get("accuracy", np.nan)
+                          for d in spec.depths] for b in spec.breadths], dtype=float) * 100
+    floor = 50 / max(puzzles, 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(spec.depths), 1.4 + 0.6 * len(spec.breadths)))
+    image = ax.imshow(np.clip(100 - accuracy, floor, 100), origin="lower", cmap="viridis_r", aspect="auto",
+                      norm=LogNorm(vmin=floor, vmax=100))
     ax.set_xticks(range(len(spec.depths)), [str(d) for d in spec.depths])
     ax.set_yticks(range(len(spec.breadths)), [str(b) for b in spec.breadths])
-    for (i, j), value in np.ndenumerate(grid):
+    for (i, j), value in np.ndenumerate(accuracy):
         if not np.isnan(value):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w" if value < 60 else "k")
+            text = f"{value:.2f}" if 99 <= value < 100 else f"{value:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="k" if 100 - value < 10 else "w")
     ax.set_xlabel("depth D (supervision steps)")
     ax.set_ylabel("breadth B (trajectories)")
-    ax.set_title("exact accuracy (%): top-1 by convergence (B>1), trajectory 1 (B=1)")
-    fig.colorbar(image, ax=ax)
-    path = os.path.join(output_dir, "accuracy_heatmap.png")
-    _save_figure(fig, path)
-    plt.close(fig)
-    written.append(path)
+    ax.set_title(f"{checkpoint}: exact accuracy (%) on {puzzles} puzzles\n"
+                 f"top-1 by convergence (B>1, D>=2), trajectory 1 (B=1 or D=1)", fontsize=9)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("error rate, 100 - accuracy (%), log scale", fontsize=8)
+    render.save_figure(fig, path)
+    return path
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+
+def _accuracy_vs_nfe(path: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzles: int) -> str:
+    """One solid line per breadth (the paper's rule), one dashed per breadth with halting; each point is a depth."""
+    plt = render.pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+
+    def line(points, style, label, colour=None):
+        x, y = [p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points]
+        colour = ax.plot(x, y, style, label=label, color=colour)[0].get_color()
+        for p, xi, yi in zip(points, x, y):
+            ax.annotate(f"D{p['depth']}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
+        return colour
+
     for breadth in spec.breadths:
-        points = [find(rows, d, breadth, headline_rule(spec, d, breadth)) for d in spec.depths
-                  if breadth == 1 or spec.reported(d, breadth, "conv_top1")]  # one rule per line
-        ax.plot([p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points], "o-", label=f"B={breadth}")
+        rule = spec.headline_rule(spec.max_depth, breadth)
+        points = [find(rows, d, breadth, rule) for d in spec.depths if spec.reported(d, breadth, rule)]
+        name = "top-1 by convergence" if rule == "conv_top1" else "trajectory 1"
+        colour = line(points, "o-", f"B={breadth}: {name}")
         if spec.halt:
             rule = "majority+halt" if breadth > 1 else "traj1+halt"
-            points = [find(rows, d, breadth, rule) for d in spec.depths]
-            ax.plot([p["nfe_per_puzzle"] for p in points], [100 * p["accuracy"] for p in points], "x--",
-                    label=f"B={breadth} halting ({'majority' if breadth > 1 else 'trajectory 1'})")
+            line([find(rows, d, breadth, rule) for d in spec.depths], "x--",
+                 f"B={breadth} with halting: " + ("majority vote" if breadth > 1 else "trajectory 1"), colour)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("NFE per puzzle (block applications, all B trajectories)")
     ax.set_ylabel("exact accuracy (%)")
-    ax.set_title("accuracy vs compute" + (" (with and without halting)" if spec.halt else ""))
+    ax.set_title(f"{checkpoint}: accuracy vs compute on {puzzles} puzzles"
+                 + (" (with and without halting)" if spec.halt else ""), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    path = os.path.join(output_dir, "accuracy_vs_nfe.png")
-    _save_figure(fig, path)
-    plt.close(fig)
-    written.append(path)
-    return written
+    if spec.max_breadth > 1 and spec.depths[0] == 1:
+        fig.text(0.01, -0.01, CONVERGENCE_NOTE, fontsize=7, va="top")
+    render.save_figure(fig, path)
+    return path

@@ -19,7 +19,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         names, params = zip(*[(n, p) for n, p in model.named_parameters() if n in self.shadow])
-        torch._foreach_lerp_([self.shadow[n] for n in names], [p.detach().float() for p in params], 1 - self.rate)
+        shadows = [self.shadow[n] for n in names]
+        # Two products and a sum, not a lerp: rounds exactly like the authors' (1 - rate) * param + rate * shadow.
+        torch._foreach_mul_(shadows, self.rate)
+        torch._foreach_add_(shadows, torch._foreach_mul([p.detach().float() for p in params], 1 - self.rate))
 
     def state_dict(self) -> dict:
         return {"rate": self.rate, "shadow": self.shadow}

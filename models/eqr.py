@@ -205,18 +205,25 @@ class ReasoningCore(nn.Module):
             self.register_buffer("H_init", trunc_normal_(torch.empty(hidden, dtype=dtype), std=config.H_init_std))
             self.register_buffer("L_init", trunc_normal_(torch.empty(hidden, dtype=dtype), std=config.L_init_std))
 
-    def reset_latents(self, z_H: torch.Tensor, z_L: torch.Tensor, reset: torch.Tensor, sampler) -> None:
-        """Overwrite, in place, the latents of the rows where `reset` is true with fresh initial states."""
-        if not self.config.random_init:
+    def reset_latents(self, z_H: torch.Tensor, z_L: torch.Tensor, reset: torch.Tensor, sampler,
+                      fresh_std: float | None = None) -> None:
+        """Overwrite, in place, the latents of the rows where `reset` is true with fresh initial states.
+
+        fresh_std: a model with fixed initial latents (TRM) starts these rows from fresh truncated-normal
+        draws of this std instead (evaluation at B > 1, as the reference). A model trained from random
+        latents always draws with its own H_init_std / L_init_std.
+        """
+        if not self.config.random_init and fresh_std is None:
             mask = reset.view(-1, 1, 1)
             z_H.copy_(torch.where(mask, self.H_init, z_H))
             z_L.copy_(torch.where(mask, self.L_init, z_L))
             return
+        H_std, L_std = (self.config.H_init_std, self.config.L_init_std) if self.config.random_init else (fresh_std,) * 2
         rows = reset.nonzero().flatten()
         if len(rows):
             shape = z_H.shape[1:]
-            z_H[rows] = sampler.initial_state(rows, shape, z_H.dtype, z_H.device, self.config.H_init_std)
-            z_L[rows] = sampler.initial_state(rows, shape, z_L.dtype, z_L.device, self.config.L_init_std)
+            z_H[rows] = sampler.initial_state(rows, shape, z_H.dtype, z_H.device, H_std)
+            z_L[rows] = sampler.initial_state(rows, shape, z_L.dtype, z_L.device, L_std)
 
     def recursion(self, z_H, z_L, x, sampler):
         for _ in range(self.config.L_cycles):
@@ -233,17 +240,27 @@ class ReasoningCore(nn.Module):
             return self.step(z_H, z_L, inputs, sampler)
 
     def step(self, z_H, z_L, inputs, sampler):
+        z_H, z_L = self.segment(z_H, z_L, inputs, sampler)
+        logits, q = self.readout(z_H)
+        return z_H.detach(), z_L.detach(), logits, q
+
+    def segment(self, z_H, z_L, inputs, sampler):
+        """The segment map (z_H, z_L) -> the latents after one supervision step, not detached.
+
+        Backward reaches only the last H cycle (no_grad); forward-mode AD (torch.func.jvp) passes
+        through all of them, which is what evaluation/lyapunov.py differentiates.
+        """
         x = self.embed_scale * self.embed_tokens(inputs)
         if self.config.feedforward:
-            z_H = self.L_level(z_H, x, self.rotary, sampler)
-        else:
-            with torch.no_grad():
-                for _ in range(self.config.H_cycles - 1):
-                    z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-            z_H, z_L = self.recursion(z_H, z_L, x, sampler)
-        logits = self.lm_head(z_H)
-        q = self.q_head(z_H[:, 0]).float()[:, 0]
-        return z_H.detach(), z_L.detach(), logits, q
+            return self.L_level(z_H, x, self.rotary, sampler), z_L
+        with torch.no_grad():
+            for _ in range(self.config.H_cycles - 1):
+                z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+        return self.recursion(z_H, z_L, x, sampler)
+
+    def readout(self, z_H):
+        """-> logits [batch, seq, vocab] in forward dtype, halting logit q [batch] float32."""
+        return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()[:, 0]
 
 
 def compile_core(core: ReasoningCore, setting: bool | None, device: torch.device) -> bool:

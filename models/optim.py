@@ -5,7 +5,8 @@ Per parameter, at step t:
     m <- b1 m + (1 - b1) g
     v <- b2 v + (1 - b2) g^2
     p <- p - lr / (1 - b1^t) * atan2(m, sqrt(v) / sqrt(1 - b2^t))
-This is the rule of the CUDA package `adam-atan2` 0.0.3, which the authors trained with.
+This is the rule of the CUDA package `adam-atan2` 0.0.3, which the authors trained with; both
+moments are updated as lerps (m.lerp(g, 1 - b1), v.lerp(g^2, 1 - b2)), as that kernel does.
 `make_optimizer` uses that package when it works on the parameters' device and this
 torch version otherwise, so a missing or broken CUDA build never stops training.
 """
@@ -42,7 +43,7 @@ class AdamATan2(torch.optim.Optimizer):
                 m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
                 p.mul_(1 - lr * wd)
                 m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                v.lerp_(g * g, 1 - b2)
                 denom = v.sqrt().div_(math.sqrt(1 - b2**t))
                 p.add_(torch.atan2(m, denom), alpha=-lr / (1 - b1**t))
         return loss

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation.grid import GridSpec, run_batch  # noqa: E402
+from evaluation.grid import GridSpec, row_keys, run_batch  # noqa: E402
 from evaluation.keyed_rng import KeyedSampler  # noqa: E402
 from models.eqr import ModelConfig, RecurrentReasoner, TorchSampler  # noqa: E402
 
@@ -42,17 +42,17 @@ def setup(preset: str, puzzles: int, device: str):
     return inner, batch
 
 
-def sampler_for(rng: str, batch: dict, breadth: int):
+def sampler_for(rng: str, batch: dict, spec: GridSpec):
     if rng == "torch":
         return TorchSampler()
-    return KeyedSampler(0, batch["index"].repeat_interleave(breadth), torch.arange(breadth).repeat(len(batch["index"])))
+    return KeyedSampler(0, *row_keys(spec, batch["index"]))
 
 
 def timed(inner, batch, spec, rng: str, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        run_batch(inner, batch, spec, sampler_for(rng, batch, spec.max_breadth))
+        run_batch(inner, batch, spec, sampler_for(rng, batch, spec))
         if batch["inputs"].is_cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
@@ -72,7 +72,7 @@ def measure_peak(args) -> None:
     spec = GridSpec((args.peak_of_depth,), (args.breadths[-1],), inner.config.blocks_per_step)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    run_batch(inner, batch, spec, sampler_for("keyed", batch, spec.max_breadth))
+    run_batch(inner, batch, spec, sampler_for("keyed", batch, spec))
     if args.device.startswith("cuda"):
         print(torch.cuda.max_memory_allocated() / 2**20)
     else:

@@ -1,94 +1,239 @@
-"""Differential check against the authors' code: same weights, same batch, same seed.
+"""Differential check against the authors' code: whole training steps, same weights, batches and seed.
 
-Runs a few ACT training steps of the reference EqR model and of ours and prints, per step,
-the loss of each, the largest logit difference, whether the halting decisions agree and
-the largest gradient difference. Not part of the test suite (it needs the authors'
-repository and its dependencies, e.g. pydantic and colorama):
+For EqR and TRM, in float32 and bfloat16, runs the authors' training step (`train_batch` of
+their pretrain.py: ACT forward, loss, backward, learning-rate schedule, AdamATan2 step, then
+their EMA update) and ours (the step of our pretrain.py, written out in `run_ours`) from the
+same weights on the same batches, and after every step compares the loss, logits, halting
+logits and decisions, step counts, latents, learning rate, every parameter's gradient, every
+weight and buffer, and every EMA weight. Prints one line per case; exit status 1 on any
+difference. Needs the authors' repository and its dependencies (pydantic, hydra, wandb, ...)
+and an `adam_atan2` module (on a CPU, a stand-in with the CUDA kernel's update rule; see
+docs/reference_notes.md):
 
-    python scripts/compare_reference.py --ref /path/to/locuslab-EqR
+    python scripts/compare_reference.py --ref /path/to/locuslab-EqR [--steps 20]
 
-Exit status 1 if any difference is non-zero.
+Not part of the test suite; tests/test_compare_reference.py tests the comparison itself.
 """
 import argparse
+import math
 import os
 import sys
+from types import SimpleNamespace
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = {  # name: (seq_len, vocab_size, arch overrides)
-    "sudoku-mlp_t": (16, 11, dict(mlp_t=True, L_layers=2, pos_encodings="rope")),
+BATCH_SIZE = 4
+# Paper optimiser settings, except a larger lr and a short schedule so that a few steps cover
+# warm-up and cosine decay and move the weights far enough to change halting decisions.
+TRAIN = dict(lr=1e-3, lr_warmup_steps=5, lr_min_ratio=0.1, beta1=0.9, beta2=0.95, weight_decay=1.0, ema_rate=0.999)
+ARCH = dict(H_cycles=2, L_cycles=2, H_layers=0, hidden_size=64, expansion=4, num_heads=4, halt_max_steps=4,
+            halt_exploration_prob=0.1)
+MODELS = {"eqr": {}, "trm": dict(lambda_=1.0, noise_scale=0.0, random_init=False)}
+TASKS = {  # name: (seq_len, vocab_size, arch overrides)
+    "sudoku-mlp_t": (16, 11, dict(mlp_t=True, L_layers=2, pos_encodings="none")),
     "maze-rope": (36, 6, dict(L_layers=1, pos_encodings="rope")),
-    "rope2d": (36, 6, dict(L_layers=1, pos_encodings="rope2d")),
+    "maze-rope2d": (36, 6, dict(L_layers=1, pos_encodings="rope2d")),
 }
+CASES = [("eqr", task) for task in TASKS] + [("trm", "sudoku-mlp_t"), ("trm", "maze-rope")]
+REFERENCE_PACKAGES = ("models", "utils", "config", "dataset", "evaluators", "pretrain")  # names we share
 
 
-def import_reference(ref_dir):
+def difference(theirs: torch.Tensor, ours: torch.Tensor) -> float:
+    """0.0 when both hold the same values (NaN where the other has NaN), else the largest |theirs - ours|;
+    inf for a shape or dtype mismatch or a NaN against a number."""
+    if theirs.shape != ours.shape or theirs.dtype != ours.dtype:
+        return math.inf
+    a, b = theirs.detach().double(), ours.detach().double()
+    differ = (a != b) & ~(a.isnan() & b.isnan())
+    if not differ.any():
+        return 0.0
+    return (a - b).abs()[differ].nan_to_num(nan=math.inf).max().item()
+
+
+def in_step_order(name: str) -> tuple:
+    """Outputs of the forward first, then gradients, weights and EMA weights: the order a step makes them."""
+    return ["grad", "weight", "ema"].index(name.split("/")[0]) + 1 if "/" in name else 0, name
+
+
+def compare_runs(theirs: list[dict], ours: list[dict]):
+    """Two runs as one {name: tensor} dict per step -> None when identical, else the first and the
+    largest difference, each as (step, name, |d|); a tensor or step only one run has counts as inf."""
+    first = largest = None
+    for step in range(1, max(len(theirs), len(ours)) + 1):
+        t = theirs[step - 1] if step <= len(theirs) else {}
+        o = ours[step - 1] if step <= len(ours) else {}
+        for name in sorted(set(t) | set(o), key=in_step_order):
+            d = difference(t[name], o[name]) if name in t and name in o else math.inf
+            if d > 0:
+                first = first or (step, name, d)
+                largest = (step, name, d) if largest is None or d > largest[2] else largest
+    return None if first is None else (first, largest)
+
+
+def snapshot(prefix: str, tensors: dict) -> dict:
+    return {f"{prefix}/{name}": t.detach().clone() for name, t in tensors.items()}
+
+
+def import_reference(ref_dir: str) -> SimpleNamespace:
+    """The authors' modules we need; their top-level package names are ours too, so they leave sys.modules after."""
+    precision = torch.get_float32_matmul_precision()
     sys.path.insert(0, ref_dir)
-    import models.eqr as ref_model  # the reference's packages share our top-level names
-    import models.losses.loss_heads as ref_losses
-    for name in [n for n in sys.modules if n.split(".")[0] in ("models", "utils")]:
-        del sys.modules[name]
-    sys.path.remove(ref_dir)
-    return ref_model, ref_losses
+    try:
+        import pretrain  # sets the float32 matmul precision to "high": restored below, both sides run under ours
+        from adam_atan2 import AdamATan2
+        from models.ema import EMAHelper
+        from models.eqr import EqRModel
+        from models.losses.loss_heads import ACTLossHead
+        from models.trm import TRMModel
+        from utils.training import TrainState
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] in REFERENCE_PACKAGES]:
+            del sys.modules[name]
+        sys.path.remove(ref_dir)
+        torch.set_float32_matmul_precision(precision)
+    return SimpleNamespace(train_batch=pretrain.train_batch, TrainState=TrainState, AdamATan2=AdamATan2,
+                           EMAHelper=EMAHelper, ACTLossHead=ACTLossHead, models={"eqr": EqRModel, "trm": TRMModel})
 
 
-def run_case(ref_model, ref_losses, seq_len, vocab, overrides, dtype, steps=3, batch_size=4):
+def build_pair(ref, model: str, task: str, dtype: str):
+    """The authors' model with a loss head, and ours with the same weights and buffers."""
     from models.eqr import ModelConfig, RecurrentReasoner
     from models.losses import ACTLossHead
 
-    arch = dict(batch_size=batch_size, seq_len=seq_len, vocab_size=vocab, H_cycles=2, L_cycles=2, H_layers=0,
-                hidden_size=64, expansion=4, num_heads=4, halt_max_steps=4, halt_exploration_prob=0.1,
-                forward_dtype=dtype, **overrides)
+    seq_len, vocab, overrides = TASKS[task]
+    arch = dict(ARCH, batch_size=BATCH_SIZE, seq_len=seq_len, vocab_size=vocab, forward_dtype=dtype,
+                **overrides, **MODELS[model])  # each side ignores the other's model-only keys
     torch.manual_seed(0)
-    ref = ref_losses.ACTLossHead(ref_model.EqRModel(arch), loss_type="stablemax_cross_entropy")
-    with torch.no_grad():  # move q_head off its zero init so halting decisions matter
-        for p in ref.parameters():
+    theirs = ref.ACTLossHead(ref.models[model](arch), loss_type="stablemax_cross_entropy")
+    with torch.no_grad():  # q near 0 instead of -5, so that rows halt on q as well as at halt_max_steps
+        theirs.model.inner.q_head.bias.zero_()
+        for p in theirs.parameters():
             p.add_(0.01 * torch.randn_like(p))
     ours = ACTLossHead(RecurrentReasoner(ModelConfig.from_dict(arch)))
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    g = torch.Generator().manual_seed(1)
-    batch = {"inputs": torch.randint(1, vocab, (batch_size, seq_len), generator=g, dtype=torch.int32),
-             "labels": torch.randint(1, vocab, (batch_size, seq_len), generator=g, dtype=torch.int32),
-             "puzzle_identifiers": torch.zeros(batch_size, dtype=torch.int32)}
-    grad_name = "model.inner.lm_head.weight"
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours
 
-    torch.manual_seed(5)
-    ref_carry, ref_steps = ref.initial_carry(batch), []
-    for _ in range(steps):
-        ref_carry, loss, _, out, _ = ref(return_keys=["logits"], carry=ref_carry, batch=batch)
-        loss.backward()
-        ref_steps.append((loss.item(), out["logits"].float(), ref_carry.halted.clone(),
-                          dict(ref.named_parameters())[grad_name].grad.clone()))
-    torch.manual_seed(5)
-    carry, worst = ours.initial_carry(batch), 0.0
-    for step, (ref_loss, ref_logits, ref_halted, ref_grad) in enumerate(ref_steps):
-        carry, loss, _, out = ours(carry, batch)
-        loss.backward()
-        d_logits = (ref_logits - out["logits"].float()).abs().max().item()
-        d_grad = (ref_grad - dict(ours.named_parameters())[grad_name].grad).abs().max().item()
-        same_halt = bool((ref_halted == carry.halted).all())
-        print(f"  step {step}: loss ref {ref_loss:.12f} ours {loss.item():.12f} | max |d logits| {d_logits:.3g} "
-              f"| halting agrees {same_halt} | max |d grad| {d_grad:.3g}")
-        worst = max(worst, abs(ref_loss - loss.item()), d_logits, d_grad, 0.0 if same_halt else 1.0)
-    return worst
+
+def make_batches(steps: int, seq_len: int, vocab: int) -> list[dict]:
+    """A fresh random batch per step, as the loader hands out; only halted rows take their puzzle."""
+    g = torch.Generator().manual_seed(1)
+    return [{"inputs": torch.randint(1, vocab, (BATCH_SIZE, seq_len), generator=g, dtype=torch.int32),
+             "labels": torch.randint(1, vocab, (BATCH_SIZE, seq_len), generator=g, dtype=torch.int32),
+             "puzzle_identifiers": torch.zeros(BATCH_SIZE, dtype=torch.int32)} for _ in range(steps)]
+
+
+def step_outputs(z_H, z_L, halted, steps, logits, q) -> dict:
+    return {"z_H": z_H.detach().clone(), "z_L": z_L.detach().clone(), "halted": halted.clone(),
+            "steps": steps.clone(), "logits": logits.detach().clone(), "q_halt_logits": q.detach().clone()}
+
+
+def record_grads(head, records: list[dict]):
+    """An optimizer pre-step hook that stores the learning rate and every gradient of `head` in records[-1]."""
+    def hook(optimizer, args, kwargs):
+        records[-1]["lr"] = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)
+        records[-1].update(snapshot("grad", {n: p.grad for n, p in head.named_parameters() if p.grad is not None}))
+    return hook
+
+
+def run_reference(ref, head, batches: list[dict], seed: int) -> list[dict]:
+    """The authors' training loop body: `train_batch` (forward, backward, lr, optimizer step), then the EMA update."""
+    optimizer = ref.AdamATan2(head.parameters(), lr=0, weight_decay=TRAIN["weight_decay"],
+                              betas=(TRAIN["beta1"], TRAIN["beta2"]))
+    ema = ref.EMAHelper(mu=TRAIN["ema_rate"])
+    ema.register(head)
+    config = SimpleNamespace(lr_warmup_steps=TRAIN["lr_warmup_steps"], lr_min_ratio=TRAIN["lr_min_ratio"],
+                             arch=SimpleNamespace(halt_max_steps=ARCH["halt_max_steps"]))  # what train_batch reads
+    state = ref.TrainState(model=head, optimizers=[optimizer], optimizer_lrs=[TRAIN["lr"]], carry=None, step=0,
+                           total_steps=len(batches), steps_per_epoch=len(batches), ema_helper=ema)
+    records = []
+    optimizer.register_step_pre_hook(record_grads(head, records))
+    head.model.register_forward_hook(lambda module, args, out: records[-1].update(step_outputs(
+        out[0].inner_carry.z_H, out[0].inner_carry.z_L, out[0].halted, out[0].steps,
+        out[1]["logits"], out[1]["q_halt_logits"])))
+    head.register_forward_hook(lambda module, args, out: records[-1].update(loss=out[1].detach().clone()))
+    head.train()
+    torch.manual_seed(seed)
+    for batch in batches:
+        records.append({})
+        ref.train_batch(config, state, batch, global_batch_size=len(batch["inputs"]), rank=0, world_size=1)
+        ema.update(head)
+        records[-1].update(snapshot("weight", head.state_dict()), **snapshot("ema", ema.shadow))
+    return records
+
+
+def run_ours(head, batches: list[dict], seed: int) -> list[dict]:
+    """The body of pretrain.py's training loop on one process, step for step."""
+    from models.ema import EMA
+    from models.optim import lr_at, make_optimizer
+
+    optimizer = make_optimizer(head.parameters(), lr=TRAIN["lr"], betas=(TRAIN["beta1"], TRAIN["beta2"]),
+                               weight_decay=TRAIN["weight_decay"])
+    ema = EMA(head, TRAIN["ema_rate"])
+    records = []
+    optimizer.register_step_pre_hook(record_grads(head, records))
+    head.train()
+    torch.manual_seed(seed)
+    carry = None
+    for step, batch in enumerate(batches, start=1):
+        records.append({})
+        if carry is None:
+            carry = head.initial_carry(batch)
+        lr = lr_at(step, TRAIN["lr"], TRAIN["lr_warmup_steps"], len(batches), TRAIN["lr_min_ratio"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        carry, loss, _, out = head(carry, batch)
+        (loss * (1 / len(batch["inputs"]))).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(head)
+        records[-1].update(step_outputs(carry.z_H, carry.z_L, carry.halted, carry.steps, out["logits"],
+                                        out["q_halt_logits"]),
+                           loss=loss.detach().clone(), **snapshot("weight", head.state_dict()),
+                           **snapshot("ema", ema.shadow))
+    return records
+
+
+def describe(case: str, result, records: list[dict]) -> str:
+    q_halts = sum(int((r["halted"] & (r["steps"] < ARCH["halt_max_steps"])).sum()) for r in records)
+    if result is None:
+        return (f"{case}: identical, {len(records)} steps x {len(records[0])} tensors "
+                f"({q_halts} rows halted on q before halt_max_steps)")
+    (step, name, d), (big_step, big_name, big_d) = result
+    return (f"{case}: DIFFERS, first at step {step} in {name} (max |d| {d:.3g}); "
+            f"largest {big_d:.3g} in {big_name} at step {big_step}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", required=True, help="checkout of github.com/locuslab/EqR")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per case (default 20)")
     args = parser.parse_args()
-    if not os.path.isfile(os.path.join(args.ref, "models", "eqr.py")):
+    if args.steps < 1:
+        sys.exit(f"error: --steps: expected a positive number of training steps, got {args.steps}")
+    ref_dir = os.path.abspath(args.ref)
+    if not os.path.isfile(os.path.join(ref_dir, "models", "eqr.py")):
         sys.exit(f"error: {args.ref}: not a checkout of the reference (models/eqr.py missing)")
-    ref_model, ref_losses = import_reference(os.path.abspath(args.ref))
+    try:
+        ref = import_reference(ref_dir)
+    except ImportError as e:
+        sys.exit(f"error: {args.ref}: cannot import the reference ({e}); it needs its dependencies and an "
+                 f"adam_atan2 module (docs/reference_notes.md)")
     sys.path.insert(0, ROOT)
-    worst = 0.0
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} training steps per case, "
+          f"batch {BATCH_SIZE}, eager")
+    differing = 0
     for dtype in ("float32", "bfloat16"):
-        for name, (seq_len, vocab, overrides) in CASES.items():
-            print(f"{name} {dtype}")
-            worst = max(worst, run_case(ref_model, ref_losses, seq_len, vocab, overrides, dtype))
-    print("identical" if worst == 0 else f"largest difference {worst:.3g}")
-    sys.exit(0 if worst == 0 else 1)
+        for model, task in CASES:
+            theirs, ours = build_pair(ref, model, task, dtype)
+            batches = make_batches(args.steps, *TASKS[task][:2])
+            ref_records = run_reference(ref, theirs, batches, seed=5)
+            our_records = run_ours(ours, batches, seed=5)
+            result = compare_runs(ref_records, our_records)
+            differing += result is not None
+            print(describe(f"{model} {task} {dtype}", result, our_records), flush=True)
+    print("all identical" if not differing else f"{differing} of {2 * len(CASES)} cases differ")
+    sys.exit(1 if differing else 0)
 
 
 if __name__ == "__main__":

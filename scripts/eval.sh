@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The paper's depth x breadth sweep (D in 1..64, B in 1..128) as ONE grid evaluation.
+# One evaluation cell with config/eval/depth_breadth.yaml, as the authors' scripts/eval.sh: D16 B1 unless overridden.
 #   scripts/eval.sh CHECKPOINT [evaluate.py overrides...]
-#   NPROC_PER_NODE=8 scripts/eval.sh hf://locuslab/EqR-model/sudoku-extreme/eqr.pth
-#   scripts/eval.sh ckpt.pt output_dir=eval_results/run1 resume=true    # continue a killed sweep
-# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on every node (see docs/evaluation.md).
+#   scripts/eval.sh downloaded_checkpoints/sudoku-extreme/eqr.pth halt_max_steps=64
+#   scripts/eval.sh CHECKPOINT halt_max_steps=64 different_init=128 convergence_top_k=1 global_batch_size=16
+# The paper's whole depth x breadth sweep, on several GPUs or nodes: scripts/eval_sweep.sh.
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
@@ -14,16 +14,4 @@ checkpoint="$1"
 shift
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-python}"
-NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
-NNODES="${NNODES:-1}"
-
-grid=(eval=paper_grid "checkpoint=${checkpoint}")
-if [[ "${NNODES}" == "1" ]]; then
-  exec "${PYTHON}" -m torch.distributed.run --standalone --nproc-per-node "${NPROC_PER_NODE}" \
-    evaluate.py "${grid[@]}" "$@"
-fi
-exec "${PYTHON}" -m torch.distributed.run --nnodes "${NNODES}" --node-rank "${NODE_RANK:?set NODE_RANK}" \
-  --nproc-per-node "${NPROC_PER_NODE}" --rdzv-backend c10d \
-  --rdzv-endpoint "${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}" --rdzv-id "${RDZV_ID:-eqr-eval}" \
-  evaluate.py "${grid[@]}" "$@"
+exec "${PYTHON:-python}" evaluate.py eval_yaml=config/eval/depth_breadth.yaml "checkpoint=${checkpoint}" "$@"

@@ -35,7 +35,12 @@ python pretrain.py --config-name train/eqr_sudoku_cpu data_path="$DATA" run_name
 
 # 3. evaluate the last checkpoint on a depth x breadth grid, in one pass, on the first 128 test puzzles
 #    (batches of 8, so that the progress bar moves every few seconds; answers do not depend on the batch)
-python evaluate.py checkpoint="$RUN_DIR/$(cat "$RUN_DIR/latest")" data_path="$DATA" \
-    depths=[1,2,4,8,16,32] breadths=[1,4,16] halt=true global_batch_size=8 max_eval_steps=16 \
-    output_dir="$OUT"
+#    A finished evaluation is kept (evaluate.py never overwrites results).
+if [ -f "$OUT/results.json" ]; then
+  echo "already evaluated: $OUT/results.csv (delete $OUT/ to evaluate again)"
+else
+  python evaluate.py checkpoint="$RUN_DIR/$(cat "$RUN_DIR/latest")" data_path="$DATA" \
+      depths=[1,2,4,8,16,32] breadths=[1,4,16] halt=true global_batch_size=8 max_eval_steps=16 \
+      output_dir="$OUT"
+fi
 echo "plots and results: $OUT/"

@@ -41,6 +41,7 @@ def check_results(results: dict, presets: list[str], startup: list[str]) -> None
         assert set(target) == {"value", "target", "met"} and isinstance(target["met"], bool)
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_json(tmp_path, capsys):
     out = tmp_path / "results" / "bench.json"
     presets = ["eqr_sudoku_cpu", "eqr_maze_cpu"]
@@ -55,6 +56,7 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_benchmark_times_the_compiled_path_too(tmp_path):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--quick", "--threads", "1", "--presets", "trm_sudoku_cpu", "--startup-presets",

@@ -120,6 +120,7 @@ def act_step(model, seq_len: int, vocab: int, seed: int = 1):
     return outputs["logits"].float()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["sudoku", "maze"])
 def test_authors_file_loads_with_ema_and_gives_the_same_logits(tmp_path, preset):
     p = PRESETS[preset]

@@ -10,7 +10,7 @@ import torch
 
 import evaluate
 from dataset.common import single_example_split, write_dataset
-from evaluation.grid import FIELDS, GridSpec, run_batch
+from evaluation.grid import FIELDS, GridSpec, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.layers import trunc_normal_
@@ -120,21 +120,23 @@ def cell_counts(spec, cells, hist, depth, breadth):
     return {rule: cells[d, b, r].tolist() for r, rule in enumerate(spec.rules)}, hist[d, b, :, :breadth + 1].tolist()
 
 
-@pytest.mark.parametrize("arch", [EQR, TRM], ids=["eqr", "trm"])
-def test_one_pass_grid_equals_separate_runs(arch):
+@pytest.mark.parametrize("arch,fresh_std", [(EQR, None), (TRM, None), (TRM, 1.0)], ids=["eqr", "trm-fixed", "trm-fresh"])
+def test_one_pass_grid_equals_separate_runs(arch, fresh_std):
     head = build_model(arch, q_weight_std=0.5)
     batch = random_batch(head, n=10, pad=1)
     inner = head.model.inner
     depths, breadths = (1, 2, 3, 5), (1, 2, 4)
-    spec = GridSpec(depths, breadths, inner.config.blocks_per_step, top_k=3, window=2, halt=True)
-    cells, hist, _ = run_batch(inner, batch, spec, keyed_rows(3, batch["index"], spec.max_breadth))
+    spec = GridSpec(depths, breadths, inner.config.blocks_per_step, top_k=3, window=2, halt=True, fresh_init_std=fresh_std)
+    assert spec.fixed_row == (fresh_std is not None)
+    cells, hist, _, _ = run_batch(inner, batch, spec, KeyedSampler(3, *row_keys(spec, batch["index"])))
     assert cells[..., FIELDS.index("token_correct")].sum() > 0
     solved = cells[:, :, spec.rules.index("traj1"), 0]
     assert 0 < solved.max() and solved.min() < 10  # some but not all puzzles solved: the counts can tell runs apart
     for depth in depths:
         for breadth in breadths:
-            alone = GridSpec((depth,), (breadth,), inner.config.blocks_per_step, top_k=3, window=2, halt=True)
-            one_cells, one_hist, _ = run_batch(inner, batch, alone, keyed_rows(3, batch["index"], breadth))
+            alone = GridSpec((depth,), (breadth,), inner.config.blocks_per_step, top_k=3, window=2, halt=True,
+                             fresh_init_std=fresh_std)
+            one_cells, one_hist, _, _ = run_batch(inner, batch, alone, KeyedSampler(3, *row_keys(alone, batch["index"])))
             grid_rules, grid_hist = cell_counts(spec, cells, hist, depth, breadth)
             one_rules, one_hist = cell_counts(alone, one_cells, one_hist, depth, breadth)
             for rule, value in one_rules.items():
@@ -143,15 +145,84 @@ def test_one_pass_grid_equals_separate_runs(arch):
             assert grid_hist == one_hist
 
 
+def test_headline_answers_are_the_answers_the_paper_rule_scored():
+    head = build_model(EQR, q_weight_std=0.5)
+    batch = random_batch(head, n=10, pad=1)
+    inner = head.model.inner
+    labelled = batch["mask"][:, None]
+    for depths, breadths, rule in (((1, 3), (1, 4), "conv_top1"), ((1,), (1, 4), "traj1")):
+        spec = GridSpec(depths, breadths, inner.config.blocks_per_step, window=2, halt=True)
+        cells, _, _, found = run_batch(inner, batch, spec, keyed_rows(3, batch["index"], 4))
+        right = (found["answer"] == batch["labels"]) & labelled
+        counted = cells[-1, -1, spec.rules.index(rule)]
+        assert right.all(-1).sum() == counted[FIELDS.index("correct")]
+        assert right.sum() == counted[FIELDS.index("token_correct")] > 0
+        assert ((1 <= found["settled_step"]) & (found["settled_step"] <= spec.max_depth)).all()
+        assert ((0 <= found["halt_step"]) & (found["halt_step"] <= spec.max_depth)).all()
+        if rule == "traj1":  # convergence needs two steps: the answer is trajectory 1's
+            assert (found["trajectory"] == 0).all()
+        else:
+            assert (found["trajectory"] > 0).any()
+
+
 def test_padding_rows_are_never_counted():
     head = build_model(EQR)
     batch = random_batch(head, n=3, pad=2)
     spec = GridSpec((1, 2), (1, 3), head.model.config.blocks_per_step, halt=True)
-    cells, hist, _ = run_batch(head.model.inner, batch, spec, keyed_rows(0, batch["index"], 3))
+    cells, hist, _, _ = run_batch(head.model.inner, batch, spec, keyed_rows(0, batch["index"], 3))
     totals = cells[:, :, spec.rules.index("traj1"), FIELDS.index("total")]
     assert (totals == 3).all()
     assert (cells[:, :, spec.rules.index("all_traj"), FIELDS.index("total")] == torch.tensor([3, 9])).all()
     assert (hist.sum(-1) == 3).all()
+
+
+# ----------------------------------------------------------------------------- fresh initial states at B > 1
+
+def test_fixed_init_model_starts_every_trajectory_fresh_at_breadth_above_one():
+    head = build_model(TRM)
+    inner = head.model.inner
+    batch = random_batch(head, n=6)
+    traj1, every, tokens = 0, 1, FIELDS.index("token_correct")  # rules traj1, all_traj; the token count
+
+    def run(fresh_std):
+        spec = GridSpec((2,), (1, 4), inner.config.blocks_per_step, fresh_init_std=fresh_std)
+        cells, hist, _, headline = run_batch(inner, batch, spec, KeyedSampler(0, *row_keys(spec, batch["index"])))
+        return cells[0], hist[0, :, 0], headline
+
+    cells, hist, _ = run(None)  # different_init_reset_std=null: four copies of the fixed-init trajectory
+    assert hist[1, 1:4].sum() == 0 and cells[1, every, tokens] == 4 * cells[1, traj1, tokens] > 0
+    fresh_cells, fresh_hist, headline = run(1.0)
+    assert fresh_cells[1, every, tokens] != 4 * fresh_cells[1, traj1, tokens]  # fresh starts: the trajectories differ
+    assert torch.equal(fresh_cells[0], cells[0])  # B = 1 still starts from the fixed latents
+    assert headline["answer"].shape == (6, 8) and headline["trajectory"].max() < 4
+
+    # The draw itself: every row and token its own truncated normal of the given std, both latents.
+    z_H, z_L = torch.zeros(64, 8, 32), torch.zeros(64, 8, 32)
+    inner.reset_latents(z_H, z_L, torch.ones(64, dtype=torch.bool), keyed_rows(0, torch.arange(16), 4), fresh_std=0.5)
+    for z in (z_H, z_L):
+        assert abs(z.std() - 0.5) < 0.02 and z.abs().max() <= 2 * 0.5 * 1.15
+        assert len(torch.unique(z[:, 0, 0])) == 64
+    assert not torch.equal(z_H, z_L)
+
+
+def test_random_init_model_keeps_its_own_init_std():
+    inner = build_model(EQR).model.inner  # H_init_std = L_init_std = 0.1
+    states = []
+    for fresh_std in (None, 5.0):
+        z_H, z_L = torch.zeros(4, 8, 32), torch.zeros(4, 8, 32)
+        inner.reset_latents(z_H, z_L, torch.ones(4, dtype=torch.bool), keyed_rows(0, torch.arange(4), 1), fresh_std)
+        states.append((z_H, z_L))
+    assert torch.equal(states[0][0], states[1][0]) and torch.equal(states[0][1], states[1][1])
+    assert abs(states[0][0].std() - 0.1) < 0.02
+
+
+@pytest.mark.parametrize("arch,override,expected", [
+    (EQR, [], None), (TRM, [], 1.0), (TRM, ["different_init_reset_std=0.5"], 0.5),
+    (TRM, ["different_init_reset_std=null"], None),
+    (dict(EQR, feedforward=True, random_init=False, H_init_std=0.0, L_init_std=0.0), [], None)])
+def test_which_models_get_fresh_initial_states(arch, override, expected):
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "different_init=4", *override]))
+    assert evaluate.grid_spec(cfg, ModelConfig(**arch)).fresh_init_std == expected
 
 
 # ----------------------------------------------------------------------------- halting and NFE
@@ -172,7 +243,7 @@ def test_nfe_by_hand_with_and_without_halting():
     r = spec.rules.index
 
     set_constant_q(head, 5.0)  # q > 0 at once: every trajectory stops after its first step
-    cells, _, _ = run_batch(inner, batch, spec, keyed_rows(0, batch["index"], 2))
+    cells, _, _, _ = run_batch(inner, batch, spec, keyed_rows(0, batch["index"], 2))
     for d, depth in enumerate(spec.depths):
         assert cells[d, 0, r("traj1"), nfe] == 4 * depth * 6  # 4 real puzzles, D steps, 6 blocks a step
         assert cells[d, 1, r("majority"), nfe] == 4 * 2 * depth * 6
@@ -182,7 +253,7 @@ def test_nfe_by_hand_with_and_without_halting():
         assert torch.equal(cells[d, :, r("traj1+halt")], cells[0, :, r("traj1")])
 
     set_constant_q(head, -5.0)  # never halts: identical to running every step
-    cells, _, _ = run_batch(inner, batch, spec, keyed_rows(0, batch["index"], 2))
+    cells, _, _, _ = run_batch(inner, batch, spec, keyed_rows(0, batch["index"], 2))
     for plain in ("traj1", "all_traj", "majority"):
         assert torch.equal(cells[:, :, r(plain + "+halt")], cells[:, :, r(plain)])
 
@@ -211,7 +282,7 @@ def test_halting_stops_at_the_first_step_with_q_above_threshold():
     expected_right = right[torch.arange(6), stop - 1].sum()
 
     spec = GridSpec((D,), (1,), inner.config.blocks_per_step, halt=True, halt_threshold=threshold)
-    cells, _, _ = run_batch(inner, batch, spec, keyed_rows(4, batch["index"], 1))
+    cells, _, _, _ = run_batch(inner, batch, spec, keyed_rows(4, batch["index"], 1))
     row = cells[0, 0, spec.rules.index("traj1+halt")]
     assert row[FIELDS.index("nfe")] == stop.sum() * inner.config.blocks_per_step
     assert row[FIELDS.index("correct")] == expected_right
@@ -275,6 +346,8 @@ def test_evaluate_single_cell_matches_the_grid(run_files, tmp_path):
     (["halt=1"], "halt: expected true/false, got 1"),
     (["halt_threshold=abc"], "halt_threshold: expected a number"),
     (["device=tpu"], "device: expected cpu, cuda or cuda:N"),
+    (["different_init_reset_std=0"], "different_init_reset_std: expected a value in (0, inf)"),
+    (["save_outputs=yes"], "save_outputs: expected true/false"),
 ])
 def test_evaluate_bad_input_is_one_line_and_exit_2(run_files, tmp_path, capsys, args, message):
     _, data, ckpt = run_files
@@ -289,10 +362,10 @@ def test_evaluate_bad_input_is_one_line_and_exit_2(run_files, tmp_path, capsys, 
 
 
 def test_presets_compose_and_command_line_wins():
-    cfg = evaluate.parse_config(evaluate.compose_config("cfg_eval", ["checkpoint=x.pt", "eval=paper_grid"]))
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=paper_grid"]))
     assert cfg.depths == [1, 2, 4, 8, 16, 32, 64] and cfg.breadths == [1, 2, 4, 8, 16, 32, 64, 128]
     assert cfg.global_batch_size == 16 and cfg.convergence_top_k == 1 and cfg.rng == "keyed"
-    cfg = evaluate.parse_config(evaluate.compose_config("cfg_eval", ["checkpoint=x.pt", "eval=paper_grid", "depths=[2,4]"]))
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=paper_grid", "depths=[2,4]"]))
     assert cfg.depths == [2, 4]
-    cfg = evaluate.parse_config(evaluate.compose_config("cfg_eval", ["checkpoint=x.pt", "eval=headline"]))
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=headline"]))
     assert (cfg.halt_max_steps, cfg.different_init, cfg.depths) == (64, 128, None)

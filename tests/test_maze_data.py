@@ -116,11 +116,15 @@ def test_validator_names_first_bad_maze(tmp_path, maze_dir, capsys):
 
 @pytest.mark.parametrize("script,args", [
     ("dataset/build_maze_unique_dataset.py", ["--grid-size", "7", "--train-samples", "2", "--test-samples", "2",
-                                             "--min-path-length", "4", "--max-path-length", "12"]),
-    ("dataset/build_sudoku_dataset.py", ["--generate", "2", "--generate-test", "2", "--num-aug", "0"]),
+                                             "--maze-mode", "perfect", "--length-distribution", "uniform",
+                                             "--min-path-length", "4", "--max-path-length", "12", "--require-unique",
+                                             "--dedupe"]),
+    ("dataset/build_sudoku_dataset.py", ["--generate", "4", "--generate-test", "2", "--subsample-size", "2",
+                                         "--num-aug", "1", "--seed", "42"]),
 ])
 def test_builders_run_as_scripts(script, args, tmp_path):
-    """`python dataset/build_*.py ...` (the authors' form) works beside `python -m dataset.build_*`."""
+    """`python dataset/build_*.py ...` with the authors' flags (their README; Sudoku offline, --generate instead of
+    the Hub) works beside `python -m dataset.build_*`."""
     import launch
 
     done = launch.launch(script, *args, "--output-dir", str(tmp_path / "out"), timeout=120)

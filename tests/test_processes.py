@@ -64,6 +64,7 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["pretrain.py", "evaluate.py"])
 def test_impossible_device_is_one_line_from_one_process(script, tmp_path):
     """Two processes asked onto one GPU (or onto a GPU this machine lacks): one `error:` line, non-zero exit,

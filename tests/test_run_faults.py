@@ -98,6 +98,7 @@ def test_strict_json_writes_null_for_non_finite_numbers():
     assert strict_json({"step": 3, "a": float("nan"), "b": [float("inf"), 1.5]}) == '{"step": 3, "a": null, "b": [null, 1.5]}'
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_run(sudoku_path, tmp_path):
     common = ["--config-name", "train/eqr_sudoku", "max_steps=30", "log_interval_steps=1", "checkpoint_interval_steps=1000",
               "eval_interval_steps=null", "lr=1e-3", "lr_warmup_steps=5"]
@@ -118,6 +119,7 @@ def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_run(sudoku_pat
     assert train_losses(stopped) == train_losses(full)  # exact float equality, step for step
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_process_of_a_torchrun_job_checkpoints_all_ranks(sudoku_path, tmp_path):
     """A scheduler preempting a job signals every process; the ranks agree on the step at which they stop."""
     run = tmp_path / "run"

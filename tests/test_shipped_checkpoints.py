@@ -34,7 +34,7 @@ CASES = {
 def exact_accuracy(checkpoint: str, data: str, out: str) -> float:
     code = evaluate.main([f"checkpoint={checkpoint}", f"data_path={data}", "depths=[16]", "breadths=[1]",
                           f"global_batch_size={PUZZLES}", f"output_dir={out}", "device=cpu", "plots=false",
-                          "progress=false", "seed=0"])
+                          "progress=false", "seed=0", "forward_dtype=float32"])
     assert code == 0
     with open(os.path.join(out, "results.json")) as f:
         rows = json.load(f)["rows"]

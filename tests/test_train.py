@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import fields
 
+import matplotlib.image
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ import pretrain
 from dataset import build_sudoku_dataset
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
+from tests.data_fixtures import maze_dir  # noqa: F401 (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=1",
@@ -54,6 +56,8 @@ def test_a_few_steps_lower_the_loss(sudoku_path, tmp_path):
     evals = [m for m in read_metrics(run) if "eval/exact_accuracy" in m]
     assert [m["step"] for m in evals] == [50, 100] and all(m["eval/count"] == 16 for m in evals)
     assert 0 < evals[-1]["eval/accuracy"] <= 1
+    curves = matplotlib.image.imread(run / "training_curves.png")  # drawn by pretrain.py at the end of the run
+    assert curves.shape[0] > 400 and curves.std() > 0.05  # a picture with content, not a blank canvas
 
 
 def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path):
@@ -62,7 +66,8 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path
                           "checkpoint_interval_steps=2", "eval_interval_steps=null")]) == 0
     with open(run / "latest") as f:
         assert f.read().strip() == "step_3.pt"
-    assert sorted(os.listdir(run)) == [".lock", "config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt"]
+    assert sorted(os.listdir(run)) == [".lock", "config.yaml", "latest", "metrics.jsonl", "step_2.pt", "step_3.pt",
+                                       "training_curves.png"]
     ckpt = torch.load(run / "step_3.pt", weights_only=True)
     assert ckpt["format"] == "eqr/1" and ckpt["step"] == 3 and ckpt["world_size"] == 1
     assert {f.name for f in fields(ModelConfig)} <= set(ckpt["config"]["arch"])
@@ -82,6 +87,7 @@ def run_cli(args, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudoku_path, tmp_path):
     # EqR (random latents, noise, halting exploration) so that every random stream matters.
     common = ["--config-name", "train/eqr_sudoku", "max_steps=60", "log_interval_steps=1", "checkpoint_interval_steps=10",
@@ -164,12 +170,42 @@ def test_feedforward_baseline_trains(sudoku_path, tmp_path):
     assert torch.load(run / "step_2.pt", weights_only=True)["config"]["arch"]["feedforward"] is True
 
 
+def test_maze_feedforward_baseline_trains(maze_dir, tmp_path):
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/ff_maze_unique", f"data_path={maze_dir}", f"checkpoint_path={run}",
+                          "device=cpu", "wandb_mode=disabled", "global_batch_size=4", "eval_batch_size=4",
+                          "eval_max_examples=4", "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=2",
+                          "arch.forward_dtype=float32", "max_steps=1", "eval_interval_steps=1"]) == 0
+    saved = torch.load(run / "step_1.pt", weights_only=True)
+    arch = saved["config"]["arch"]
+    assert arch["feedforward"] is True and arch["mlp_t"] is False and arch["pos_encodings"] == "rope"
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+    assert any(m.get("step") == 1 and "train/lm_loss" in m for m in read_metrics(run))
+
+
+@pytest.mark.parametrize("name, seq_len, vocab_size, parameters", [  # EqR's: test_model.py
+    ("train/ff_sudoku", 81, 11, 101_715_458), ("train/ff_maze_unique", 900, 6, 3_933_954)])
+def test_feedforward_parameter_counts_in_the_docs(name, seq_len, vocab_size, parameters):
+    arch = {k: v for k, v in pretrain.compose_train_config(name, [])["arch"].items() if k not in ("seq_len", "vocab_size")}
+
+    def count(layers):  # on the meta device: no memory, but its init still costs ~0.1 s a tensor
+        with torch.device("meta"):
+            config = ModelConfig.from_dict(arch, seq_len=seq_len, vocab_size=vocab_size, L_layers=layers)
+            return sum(p.numel() for p in RecurrentReasoner(config).parameters())
+
+    # The blocks of a stack are alike, so N blocks cost one block N - 1 times more than one block.
+    one, two = count(1), count(2)
+    assert one + (arch["L_layers"] - 1) * (two - one) == parameters
+
+
 @pytest.mark.parametrize("name, expect", [
     ("train/eqr_sudoku", dict(mlp_t=True, lambda_=0.95, noise_scale=0.01, random_init=True, L_layers=2, H_cycles=3, L_cycles=6, hidden_size=512)),
     ("train/trm_sudoku", dict(mlp_t=True, lambda_=1.0, noise_scale=0.0, random_init=False, pos_encodings="none")),
     ("train/ff_sudoku", dict(feedforward=True, L_layers=42, H_cycles=1, halt_max_steps=1, H_init_std=0.0, random_init=False)),
     ("train/eqr_maze_unique", dict(mlp_t=False, L_layers=1, L_cycles=4, hidden_size=128, pos_encodings="rope", lambda_=0.95)),
     ("train/trm_maze_unique", dict(mlp_t=False, L_layers=1, L_cycles=4, hidden_size=128, random_init=False, noise_scale=0.0)),
+    ("train/ff_maze_unique", dict(feedforward=True, L_layers=15, hidden_size=128, num_heads=8, mlp_t=False,
+                                  pos_encodings="rope", random_init=False, H_init_std=0.0)),
 ])
 def test_paper_presets(name, expect):
     cfg = pretrain.compose_train_config(name, [])
@@ -191,7 +227,8 @@ def test_reference_key_dataset_data_path_is_an_alias():
     assert cfg["dataset"]["data_path"] == "/elsewhere"
 
 
-@pytest.mark.parametrize("name", ["eqr_sudoku_cpu", "trm_sudoku_cpu", "ff_sudoku_cpu", "eqr_maze_cpu", "trm_maze_cpu"])
+@pytest.mark.parametrize("name", ["eqr_sudoku_cpu", "trm_sudoku_cpu", "ff_sudoku_cpu", "eqr_maze_cpu", "trm_maze_cpu",
+                                  "ff_maze_cpu"])
 def test_cpu_presets_compose(name):
     tc = pretrain.parse_train_config(pretrain.compose_train_config(f"train/{name}", []))
     assert tc.device == "cpu" and tc.global_batch_size <= 64 and tc.arch["hidden_size"] <= 128

@@ -30,11 +30,12 @@ def run(nproc, run_dir, data_path, *extra):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_trajectory(sudoku_path, tmp_path):
     single = run(1, tmp_path / "one", sudoku_path, "max_steps=8")
     double = run(2, tmp_path / "two", sudoku_path, "max_steps=6")
     assert sorted(os.listdir(tmp_path / "two")) == [".lock", "config.yaml", "latest", "metrics.jsonl", "step_3.pt", "step_3.rank1.pt",
-                                                    "step_6.pt", "step_6.rank1.pt"]
+                                                    "step_6.pt", "step_6.rank1.pt", "training_curves.png"]
     # Continue the 2-process run from its per-rank shards up to the same length.
     double = run(2, tmp_path / "two", sudoku_path, "max_steps=8", "resume=true")
 

@@ -5,6 +5,7 @@
     <run>/step_<N>.rank<r>.pt   rank r's carry / rng / loader (with several processes)
     <run>/latest                the name of the newest step whose every shard is on disk
     <run>/config.yaml, metrics.jsonl, .lock
+    <run>/training_curves.png   drawn from metrics.jsonl (read here) by evaluation/curves.py
 
 What goes into a checkpoint is pretrain.py's business; where it goes, how `latest` moves, which
 checkpoint a resume may trust and what a released (slim) checkpoint keeps is this module's.

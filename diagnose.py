@@ -1,0 +1,212 @@
+"""Trajectory diagnostics: finite-time Lyapunov exponents and state displacement per puzzle, by outcome.
+
+    python diagnose.py checkpoint=PATH data_path=DATA [key=value ...]          # one process
+    torchrun --nproc-per-node N diagnose.py checkpoint=PATH data_path=DATA ...  # puzzles sharded over N ranks
+
+Per (puzzle, trajectory), along `depth` segments: the top `lyapunov_k` exponents of the segment map
+(evaluation/lyapunov.py), the displacement of (z_H, z_L) after every segment, q_halt and correctness.
+Writes diagnostics.csv, summary.json (AUCs, settling, matched and early-prediction measures) and PNG
+plots to output_dir; resume=true continues a killed run. Keys and defaults: config/cfg_diagnose.yaml;
+the measures: docs/diagnostics.md. The model runs in float32 here, tangents included.
+"""
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from config import compose_config, config_help
+from dataset.common import load_split
+from dataset.puzzle_dataset import iter_test_batches, num_test_batches
+from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
+from evaluation import diagnostics_summary as summary_file
+from evaluation.grid import fingerprint, fresh_init_std, partial_path, remove_partial, resume_partial
+from evaluation.keyed_rng import KeyedSampler
+from evaluation.lyapunov import trace_batch
+from evaluation.report import write_json
+from models.checkpoint import load_for_eval
+from models.losses import IGNORE_LABEL_ID
+from utils.errors import ConfigError
+from utils.files import atomic_save
+from utils.processes import broadcast
+from utils.typecheck import check_types
+
+
+@dataclass
+class DiagnoseConfig:
+    checkpoint: str
+    trust_checkpoint: bool
+    data_path: str | None
+    split: str
+    output_dir: str | None
+    device: str | None
+    threads: int | None
+    depth: int | None
+    lyapunov_k: int
+    breadth: int
+    different_init_reset_std: float | None
+    max_examples: int | None
+    noise: str
+    settle_threshold: float | None
+    settle_window: int
+    prefix_segments: int
+    global_batch_size: int
+    seed: int | None
+    resume: bool
+    save_every_batches: int
+    plots: bool
+    progress: bool
+
+    def __post_init__(self):
+        check_types(self)
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
+        if self.noise not in ("fixed", "off"):
+            raise ConfigError(f"noise: expected fixed or off, got {self.noise!r}")
+        if self.different_init_reset_std is not None and not self.different_init_reset_std > 0:
+            raise ConfigError(f"different_init_reset_std: expected a positive number or null, "
+                              f"got {self.different_init_reset_std!r}")
+        for key in ("depth", "max_examples", "threads"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}: expected a positive integer or null, got {getattr(self, key)!r}")
+        for key in ("lyapunov_k", "breadth", "settle_window", "prefix_segments", "global_batch_size",
+                    "save_every_batches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        if self.resume and not self.output_dir:
+            raise ConfigError("resume: needs output_dir=<the folder of the run to continue>")
+
+
+def parse_config(cfg: dict) -> DiagnoseConfig:
+    unknown = sorted(set(cfg) - {f.name for f in fields(DiagnoseConfig)})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_diagnose.yaml for the known keys)")
+    return DiagnoseConfig(**cfg)
+
+
+def batch_records(batch: dict, traced: dict, breadth: int) -> dict[str, torch.Tensor]:
+    """The real rows of one batch as CPU tensors: puzzle and trajectory numbers, givens and the traced values."""
+    real = batch["mask"].repeat_interleave(breadth)
+    labelled = (batch["labels"] != IGNORE_LABEL_ID).sum(-1).repeat_interleave(breadth)
+    records = {"puzzle": batch["index"].repeat_interleave(breadth),
+               "trajectory": torch.arange(breadth, device=real.device).repeat(batch["index"].shape[0]),
+               "givens": labelled - traced["to_fill"], **traced}
+    return {name: value[real].cpu() for name, value in records.items()}
+
+
+def build_table(records: dict[str, torch.Tensor], depth: int, k: int) -> dict[str, np.ndarray]:
+    """Per-row records (any order) -> the columns of diagnostics.csv, sorted by (puzzle, trajectory)."""
+    order = np.lexsort((records["trajectory"].numpy(), records["puzzle"].numpy()))
+    r = {name: value.numpy()[order] for name, value in records.items()}
+    table = {"puzzle": r["puzzle"], "trajectory": r["trajectory"], "solved": r["solved"][:, -1].astype(np.int64),
+             "givens": r["givens"], "to_fill": r["to_fill"]}
+    table.update({f"lyap_{i + 1}": r["lyap"][:, i] for i in range(k)})
+    table["lyap1_prefix"] = r["lyap1_prefix"]
+    for name in ("disp", "reldisp", "q_halt"):
+        table.update({f"{name}_{t + 1}": r[name][:, t] for t in range(depth)})
+    table.update({f"solved_{t + 1}": r["solved"][:, t].astype(np.int64) for t in range(depth)})
+    assert list(table) == summary_file.columns(depth, k)
+    return table
+
+
+def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
+    """Trace every puzzle; rank 0 writes the outputs and returns the summary (other ranks: None)."""
+    overrides = {"forward_dtype": "float32", **({"noise_scale": 0.0} if cfg.noise == "off" else {})}
+    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
+    inner = head.model.inner.to(device).eval()
+    model_config = inner.config
+    data_path, _ = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)
+    if cfg.global_batch_size % world_size:
+        raise ConfigError(f"global_batch_size: {cfg.global_batch_size} does not split over {world_size} processes")
+    depth = cfg.depth or model_config.halt_max_steps
+    fresh_std = fresh_init_std(model_config, cfg.different_init_reset_std) if cfg.breadth > 1 else None
+    state_size = 2 * model_config.seq_len * model_config.hidden_size
+    if cfg.lyapunov_k > state_size:
+        raise ConfigError(f"lyapunov_k: {cfg.lyapunov_k} exceeds the joint state's dimension {state_size}")
+    seed = cfg.seed if cfg.seed is not None else int(train_setting(info["train_config"], "seed") or 0)
+    examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])
+    examples = min(examples, cfg.max_examples) if cfg.max_examples else examples
+    if examples == 0:
+        raise ConfigError(f"data_path: {data_path}/{cfg.split} holds no puzzles; there is nothing to diagnose")
+    num_batches = num_test_batches(data_path, cfg.global_batch_size, cfg.split, examples)
+
+    identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
+                "examples": examples, "global_batch_size": cfg.global_batch_size, "world_size": world_size,
+                "seed": seed, "depth": depth, "lyapunov_k": cfg.lyapunov_k, "breadth": cfg.breadth,
+                "fresh_init_std": fresh_std, "noise": cfg.noise, "prefix_segments": cfg.prefix_segments,
+                "model": model_config.to_dict(), "device_type": device.type}
+    output_dir = broadcast(cfg.output_dir or os.path.join(
+        "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
+    own_partial = partial_path(output_dir, rank, world_size)
+    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
+    parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \
+        ([], 0, 0.0)
+
+    if rank == 0:
+        print(f"diagnosing {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}) on {data_path}/{cfg.split}: "
+              f"{examples} puzzles x {cfg.breadth} trajectories, {depth} segments, {cfg.lyapunov_k} exponents, "
+              f"noise {cfg.noise}, float32, {world_size} process(es) on {device.type}"
+              + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
+    from tqdm import tqdm
+    bar = tqdm(total=examples, initial=min(start_batch * cfg.global_batch_size, examples), unit="puzzle",
+               desc=f"diagnose D{depth} k{cfg.lyapunov_k}", disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))  # testing aid, as in evaluate.py
+    started = time.time()
+    for batch_index, batch in enumerate(iter_test_batches(data_path, cfg.global_batch_size, rank, world_size, cfg.split,
+                                                          examples, start_batch=start_batch), start=start_batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sampler = KeyedSampler(seed, batch["index"].repeat_interleave(cfg.breadth),
+                               torch.arange(cfg.breadth, device=device).repeat(batch["index"].shape[0]))
+        traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments,
+                             fresh_std)
+        parts.append(batch_records(batch, traced, cfg.breadth))
+        bar.update(max(0, min(cfg.global_batch_size, examples - batch_index * cfg.global_batch_size)))
+        done = batch_index + 1
+        if done < num_batches and done % cfg.save_every_batches == 0:
+            records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+            parts = [records]
+            atomic_save({"fingerprint": fingerprint(identity), "identity": identity, "next_batch": done,
+                         "records": records, "seconds": seconds_before + time.time() - started}, own_partial)
+        if kill_after and done - start_batch >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    wall = seconds_before + time.time() - started
+    records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
+
+    gathered = [records]
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, records)
+    result = None
+    if rank == 0:
+        merged = {name: torch.cat([g[name] for g in gathered if g]) for name in next(g for g in gathered if g)}
+        table = build_table(merged, depth, cfg.lyapunov_k)
+        result = summary_file.summarise(table, depth, cfg.prefix_segments, cfg.settle_threshold, cfg.settle_window)
+        result.update({"format": "eqr-diagnostics/1", "checkpoint": {k: info[k] for k in ("uri", "sha256", "step", "ema")},
+                       "data": {"path": identity["data_path"], "split": cfg.split}, "config": asdict(cfg),
+                       "lyapunov_k": cfg.lyapunov_k, "breadth": cfg.breadth, "noise": cfg.noise, "dtype": "float32",
+                       "seed": seed, "world_size": world_size, "wall_time_s": wall,
+                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+        os.makedirs(output_dir, exist_ok=True)
+        summary_file.write_csv(os.path.join(output_dir, "diagnostics.csv"), table)
+        write_json(os.path.join(output_dir, "summary.json"), result)
+        if cfg.plots:
+            summary_file.write_plots(output_dir, table, depth, cfg.prefix_segments)
+        print(summary_file.format_summary(result))
+        print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
+              f"results in {output_dir}/")
+    remove_partial(output_dir, rank, world_size)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    usage = lambda overrides: __doc__ + "\n" + config_help("cfg_diagnose", overrides, {})
+    return run_entry(argv, usage, lambda overrides: compose_config("cfg_diagnose", overrides), parse_config, diagnose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Show a checkpoint's answer to a puzzle: the board (or maze path), whether it is valid, how many steps it took.
+
+    python solve.py checkpoint=PATH puzzle=<81 characters: digits 1-9, 0 or . for blanks>
+    python solve.py checkpoint=PATH puzzle=puzzles.txt        # Sudoku: one per line
+    python solve.py checkpoint=PATH puzzle=maze.txt           # mazes: rows of '#', ' ', S, G; a blank line between
+    python solve.py checkpoint=PATH data_path=DATA index=3    # puzzle 3 of DATA's test split, checked against its label
+    ... halt_max_steps=64 different_init=16                   # depth D and breadth B, as in evaluate.py
+
+The answer comes from evaluate.py's pass (evaluation/grid.run_batch) at one cell (D, B): at B > 1 the
+trajectory picked is top-1 by convergence, the paper's rule. Randomness is keyed by (seed, puzzle, trajectory)
+as in evaluate.py, so `data_path=D index=i` gives the answer evaluate.py scored for puzzle i (same seed, D, B).
+Keys and defaults: config/cfg_solve.yaml. Writes a PNG of each answer (image=; null: none).
+"""
+import os
+import sys
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from config import compose_config
+from dataset.common import DatasetError, load_split
+from evaluation import render
+from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
+from evaluation.keyed_rng import KeyedSampler
+from models.checkpoint import load_for_eval
+from utils.constants import IGNORE_LABEL_ID
+from utils.errors import CheckpointError, ConfigError, RunError
+from utils.processes import close_processes, setup_processes, should_report
+from utils.typecheck import check_types
+
+CHUNK = 64  # puzzles per forward pass
+
+
+@dataclass
+class SolveConfig:
+    checkpoint: str
+    trust_checkpoint: bool
+    puzzle: str | None
+    data_path: str | None
+    split: str
+    index: int | None
+    device: str | None
+    threads: int | None
+    forward_dtype: str | None
+    halt_max_steps: int | None
+    different_init: int
+    different_init_reset_std: float | None
+    convergence_window: int
+    halt_threshold: float
+    seed: int | None
+    image: str | None
+
+    def __post_init__(self):
+        check_types(self)
+        for key in ("halt_max_steps", "different_init", "convergence_window", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+        if (self.puzzle is None) == (self.data_path is None):
+            raise ConfigError("puzzle: pass either puzzle=<puzzle or file> or data_path=<dataset folder> index=<i>")
+        if self.data_path is not None and (self.index is None or self.index < 0):
+            raise ConfigError(f"index: expected the 0-based number of a puzzle in {self.data_path}/{self.split}, "
+                              f"got {self.index!r}")
+        if self.image is not None and not self.image.endswith(".png"):
+            raise ConfigError(f"image: expected a .png path or null, got {self.image!r}")
+
+
+def parse_config(cfg: dict, argv: list[str]) -> SolveConfig:
+    if cfg.get("puzzle") is not None and not isinstance(cfg["puzzle"], str):
+        # Hydra reads an all-digit puzzle as an int and one with a single '.' as a float: keep the text typed
+        cfg["puzzle"] = next(a.split("=", 1)[1] for a in reversed(argv) if a.startswith("puzzle="))
+    unknown = sorted(set(cfg) - {f.name for f in fields(SolveConfig)})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_solve.yaml for the known keys)")
+    return SolveConfig(**cfg)
+
+
+# ----------------------------------------------------------------------------- puzzles in
+
+def read_puzzles(cfg: SolveConfig, task: str, seq_len: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """-> (input tokens [N, S], labels [N, S] or None, puzzle numbers (the keys of their randomness))."""
+    if cfg.data_path is not None:
+        _, arrays = load_split(cfg.data_path, cfg.split)
+        count = len(arrays["inputs"])
+        if cfg.index >= count:
+            raise ConfigError(f"index: {cfg.index} is past the end of {cfg.data_path}/{cfg.split} ({count} puzzles)")
+        rows = slice(cfg.index, cfg.index + 1)
+        return np.asarray(arrays["inputs"][rows], np.int64), np.asarray(arrays["labels"][rows], np.int64), [cfg.index]
+
+    text = cfg.puzzle
+    if os.path.isfile(text):
+        with open(text) as f:
+            content, where = f.read(), text
+    elif task == "maze":
+        raise ConfigError(f"puzzle: {cfg.checkpoint} is a maze model; pass a file holding the maze as text "
+                          f"(rows of '#', ' ', 'S', 'G') or data_path=<dataset> index=<i>")
+    else:
+        content, where = text, "puzzle"
+    if task == "sudoku":
+        if "#" in content:
+            raise ConfigError(f"{where}: looks like a maze, but {cfg.checkpoint} is a Sudoku model")
+        lines = [(n, line) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
+        name = (lambda n: f"{where} line {n}") if where != "puzzle" else (lambda n: where)
+        puzzles = [render.parse_sudoku_text(line, name(n)) for n, line in lines]
+    else:
+        blocks = [b for b in content.replace("\r", "").split("\n\n") if b.strip()]
+        puzzles = [render.parse_maze_text(b, f"{where} maze {n}") for n, b in enumerate(blocks, start=1)]
+        for n, p in enumerate(puzzles, start=1):
+            if p.size != seq_len:
+                side = int(round(p.size ** 0.5))
+                model = int(round(seq_len ** 0.5))
+                raise ConfigError(f"{where} maze {n}: {side}x{side}, but {cfg.checkpoint} solves {model}x{model} mazes")
+    if not puzzles:
+        raise ConfigError(f"{where}: holds no puzzle")
+    return np.stack(puzzles), None, list(range(len(puzzles)))
+
+
+# ----------------------------------------------------------------------------- answers out
+
+def side_by_side(left: str, right: str, gap: int = 6) -> str:
+    a, b = left.splitlines(), right.splitlines()
+    width = max(len(line) for line in a)
+    return "\n".join(x.ljust(width + gap) + y for x, y in zip(a, b))
+
+
+def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
+    """The printed report of one answer: given and answer side by side, validity, steps, the picked trajectory."""
+    inputs, answer, label, problem = found["inputs"], found["answer"], found["label"], found["problem"]
+    text = render.TEXT[task]
+    what = "a valid completion (rows, columns and boxes hold 1-9; every given kept)" if task == "sudoku" \
+        else "the unique shortest S->G path"
+    d, b = spec.max_depth, spec.max_breadth
+    halt = found["halt_step"]
+    lines = [side_by_side("given:\n" + text(inputs), "answer:\n" + text(answer)),
+             f"valid: {'yes' if problem is None else 'no'}: " + (what if problem is None else problem),
+             f"steps: {d} supervision steps run ({d * spec.blocks_per_step} block applications per trajectory); "
+             f"the answer last changed at step {found['settled_step']}; "
+             + (f"the halting head (q > {spec.halt_threshold}) stops at step {halt}" if halt else
+                f"the halting head (q > {spec.halt_threshold}) does not stop within {d} steps"),
+             "picked: " + (f"trajectory {found['trajectory'] + 1} of {b}, {rule}" if b > 1 else "one trajectory (B=1)")]
+    if label is not None:
+        labelled = label != 0  # 0: the ignore label on disk
+        wrong = int((labelled & (label != answer)).sum())
+        lines.append("label: " + ("matches" if wrong == 0 else f"differs in {wrong} of {int(labelled.sum())} cells"))
+    return lines
+
+
+# ----------------------------------------------------------------------------- the run
+
+def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
+    overrides = {"forward_dtype": cfg.forward_dtype} if cfg.forward_dtype else None
+    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
+    config = head.model.config
+    task = render.task_of(config.vocab_size, config.seq_len)
+    if task is None:
+        raise ConfigError(f"checkpoint: {cfg.checkpoint} is neither a Sudoku nor a maze model "
+                          f"(vocab_size {config.vocab_size}, seq_len {config.seq_len})")
+    inputs, labels, numbers = read_puzzles(cfg, task, config.seq_len)
+    if inputs.shape[1] != config.seq_len:
+        raise ConfigError(f"data_path: {cfg.data_path} holds puzzles of {inputs.shape[1]} cells, "
+                          f"the checkpoint's model {config.seq_len}")
+    inner = head.model.inner.to(device).eval()
+    spec = GridSpec(depths=(cfg.halt_max_steps or config.halt_max_steps,), breadths=(cfg.different_init,),
+                    blocks_per_step=config.blocks_per_step, window=cfg.convergence_window, halt=True,
+                    halt_threshold=float(cfg.halt_threshold),
+                    fresh_init_std=fresh_init_std(config, cfg.different_init_reset_std))
+    rule = "top-1 by convergence" if spec.reported(spec.max_depth, spec.max_breadth, "conv_top1") else \
+        "trajectory 1 (convergence needs D >= 2)"
+    seed = cfg.seed if cfg.seed is not None else int(info["train_config"].get("seed") or 0)
+    breadth = spec.max_breadth
+
+    results = []
+    for start in range(0, len(inputs), CHUNK):
+        x = torch.as_tensor(inputs[start:start + CHUNK], dtype=torch.int32, device=device)
+        index = torch.as_tensor(numbers[start:start + CHUNK], dtype=torch.long, device=device)
+        batch = {"inputs": x, "labels": torch.full_like(x, IGNORE_LABEL_ID), "index": index,
+                 "mask": torch.ones(len(x), dtype=torch.bool, device=device)}
+        found = run_batch(inner, batch, spec, KeyedSampler(seed, *row_keys(spec, index)))[3]
+        for row in range(len(x)):
+            results.append({"inputs": inputs[start + row], "label": None if labels is None else labels[start + row],
+                            "answer": found["answer"][row].cpu().numpy(),
+                            **{k: int(found[k][row]) for k in ("trajectory", "settled_step", "halt_step")}})
+            results[-1]["problem"] = render.PROBLEM[task](results[-1]["inputs"], results[-1]["answer"])
+
+    for n, result in enumerate(results):
+        source = f"{cfg.data_path}/{cfg.split} #{numbers[n]}" if cfg.data_path else f"puzzle {n + 1} of {len(results)}"
+        print(f"{source}: {info['uri']} at D={spec.max_depth}, B={breadth}")
+        print("\n".join(describe(task, result, spec, rule)))
+        if cfg.image:
+            path = cfg.image if len(results) == 1 else f"{cfg.image[:-4]}_{n + 1}.png"
+            render.save_puzzle_png(path, task, result["inputs"], result["answer"], result["label"],
+                                   title=f"{os.path.basename(info['uri'])}, D={spec.max_depth} B={breadth}: "
+                                         + ("valid" if result["problem"] is None else "not valid"))
+            print(f"picture: {path}")
+        print()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    processes = None
+    try:
+        flags = [a for a in argv if a.startswith("-")]
+        if flags:
+            raise ConfigError(f"{flags[0]}: unknown flag (solve.py takes key=value overrides only)")
+        cfg = parse_config(compose_config("cfg_solve", argv), argv)
+        processes = setup_processes(cfg.device, cfg.threads)
+        solve(cfg, processes.device)
+    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
+        if should_report(e):
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        close_processes(processes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
