@@ -205,7 +205,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
 
 def main(argv: list[str] | None = None) -> int:
     usage = lambda overrides: __doc__ + "\n" + config_help("cfg_diagnose", overrides, {})
-    return run_entry(argv, usage, lambda overrides: compose_config("cfg_diagnose", overrides), parse_config, diagnose)
+    return run_entry(argv, usage, lambda overrides: parse_config(compose_config("cfg_diagnose", overrides)), diagnose)
 
 
 if __name__ == "__main__":

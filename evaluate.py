@@ -343,9 +343,10 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     return results
 
 
-def run_entry(argv: list[str] | None, usage, compose, parse, run) -> int:
-    """An entry point's life: --help (usage(overrides) -> text), compose and check the config, set up processes,
-    run, and turn a known error into one `error:` line and exit status 2. Shared with diagnose.py."""
+def run_entry(argv: list[str] | None, usage, configure, run) -> int:
+    """An entry point's life: --help (usage(overrides) -> text), the checked config (configure(overrides)), its
+    processes, run(cfg, rank, world_size, device), and a known error as one `error:` line and exit status 2.
+    Shared with diagnose.py and solve.py."""
     argv = sys.argv[1:] if argv is None else argv
     processes = None
     try:
@@ -355,7 +356,7 @@ def run_entry(argv: list[str] | None, usage, compose, parse, run) -> int:
         flags = [a for a in argv if a.startswith("-")]
         if flags:
             raise ConfigError(f"{flags[0]}: unknown flag (this entry point takes key=value overrides only)")
-        cfg = parse(compose(argv))
+        cfg = configure(argv)
         processes = setup_processes(cfg.device, cfg.threads)
         run(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
@@ -369,7 +370,7 @@ def run_entry(argv: list[str] | None, usage, compose, parse, run) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     usage = lambda overrides: __doc__ + "\n" + config_help("cfg_eval", overrides, {"eval": "eval=NAME"})
-    return run_entry(argv, usage, compose_eval_config, parse_config, evaluate)
+    return run_entry(argv, usage, lambda overrides: parse_config(compose_eval_config(overrides)), evaluate)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from config import compose_config
-from dataset.common import DatasetError, load_split
+from dataset.common import load_split
+from evaluate import run_entry
 from evaluation import render
 from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
-from utils.errors import CheckpointError, ConfigError, RunError
-from utils.processes import close_processes, setup_processes, should_report
+from utils.errors import ConfigError
 from utils.typecheck import check_types
 
 CHUNK = 64  # puzzles per forward pass
@@ -198,25 +198,10 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    processes = None
-    try:
-        flags = [a for a in argv if a.startswith("-")]
-        if flags:
-            raise ConfigError(f"{flags[0]}: unknown flag (solve.py takes key=value overrides only)")
-        cfg = parse_config(compose_config("cfg_solve", argv), argv)
-        processes = setup_processes(cfg.device, cfg.threads)
-        solve(cfg, processes.device)
-    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
-        if should_report(e):
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        close_processes(processes)
-    return 0
+    def configure(overrides: list[str]) -> SolveConfig:
+        return parse_config(compose_config("cfg_solve", overrides), overrides)
+
+    return run_entry(argv, lambda overrides: __doc__, configure, lambda cfg, rank, world_size, device: solve(cfg, device))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def make_venv(path) -> str:
     return str(path / "bin")
 
 
+@pytest.mark.slow  # a pip install and five commands, each importing torch: about 40 s
 def test_console_commands_of_a_plain_install_run_from_another_folder(tmp_path):
     pytest.importorskip("setuptools")
     source = tmp_path / "source"
