@@ -13,6 +13,7 @@ logs to outputs/cpu_repro/logs/. The report (docs/cpu_reproduction.md, docs/cpu_
 docs/cpu_reproduction/results.json) and the shipped checkpoints (checkpoints/shipped/) are written
 only from finished stages.
 """
+import fnmatch
 import json
 import os
 import shlex
@@ -112,18 +113,35 @@ RUNS = [
 # The maze RI/NI ablation again with training seed 1, so its ranking is not one seed's luck.
 RUNS += [Run(f"{r.name}-s1", r.task, r.preset, r.overrides, f"{r.label}, seed 1", r.steps, seed=1)
          for r in RUNS if r.task == "maze"]
+# Sudoku RI/NI again where the training log and evaluate.py agree (issue 16): trained at D=4 like the
+# mazes, in float32 (no bf16 units on this CPU: 10x faster), training seeds 0 and 1.
+SUDOKU_D4_STEPS = 500
+SUDOKU_D4_DEPTHS = [1, 2, 4, 8, 16]  # a one-pass sweep costs its deepest D; 64 would be 4x
+F32 = "arch.forward_dtype=float32"
+RUNS += [Run(f"sudoku-d4-{kind}{'-s1' if seed else ''}", "sudoku", preset, ["arch.halt_max_steps=4", F32, *extra],
+             f"{label}, D=4, float32{', seed 1' if seed else ''}", SUDOKU_D4_STEPS, seed=seed)
+         for seed in (0, 1)
+         for kind, preset, extra, label in (
+             ("trm", "trm_sudoku_cpu", [], "TRM"),
+             ("trm-ri", "trm_sudoku_cpu", ["arch.random_init=true", "arch.lambda_=1.0", "arch.noise_scale=0.0"],
+              "TRM + random init (RI)"),
+             ("eqr", "eqr_sudoku_cpu", [], "TRM + RI + path noise (NI) = EqR"))]
 RUNS_BY_NAME = {r.name: r for r in RUNS}
 CONSTRUCTION = ["sudoku-ff", "sudoku-tied", "sudoku-tied-sup", "sudoku-trm", "sudoku-eqr"]
 RI_NI = {task: [f"{task}-trm", f"{task}-trm-ri", f"{task}-eqr"] for task in ("sudoku", "maze")}
 RI_NI["maze, training seed 1"] = [f"{name}-s1" for name in RI_NI["maze"]]
 
 SWEEPS = [Sweep("sudoku-ff-d1", "sudoku-ff", [1], [1], 64)]
-SWEEPS += [Sweep(f"{r.name}-b1", r.name, DEPTHS, [1], 64, extra=["halt=true"]) for r in RUNS if r.name != "sudoku-ff"]
+SWEEPS += [Sweep(f"{r.name}-b1", r.name, SUDOKU_D4_DEPTHS if r.name.startswith("sudoku-d4-") else DEPTHS, [1], 64,
+                 extra=["halt=true"]) for r in RUNS if r.name != "sudoku-ff"]
 # The breadth grid costs 64 trajectories per puzzle: the first 32 Sudoku puzzles and 96 mazes (a maze
 # trajectory is cheaper). TRM with its fixed initial state runs the same trajectory B times, so it gets
 # no breadth grid.
 SWEEPS += [Sweep(f"{name}-grid", name, DEPTHS, BREADTHS, 8, max_eval_steps=batches, extra=["halt=true"])
            for name, batches in (("sudoku-eqr", 4), ("maze-eqr", 12))]
+# The agreement check: the trained depth on the first 256 training puzzles, to set against the training log.
+SWEEPS += [Sweep(f"{r.name}-train", r.name, [4], [1], 64, max_eval_steps=4, extra=["split=train"])
+           for r in RUNS if r.name.startswith("sudoku-d4-")]
 
 
 # ----------------------------------------------------------------------------- ledger and stages
@@ -225,14 +243,16 @@ def stages():
     return out
 
 
-def run_all() -> None:
+def run_all(patterns: list) -> None:
     for key, done, cmd in stages():
+        if patterns and not any(fnmatch.fnmatch(key, p) for p in patterns):
+            continue
         if done:
             print(f"[{key}] finished earlier, skipped", flush=True)
             continue
         run_stage(key, cmd)
     # stages() is recomputed so that later stages see what earlier ones wrote
-    if not all(done for _, done, _ in stages()):
+    if not all(done for key, done, _ in stages() if not patterns or any(fnmatch.fnmatch(key, p) for p in patterns)):
         raise SystemExit("error: some stages did not finish; rerun this script to continue them")
 
 
@@ -809,7 +829,7 @@ def main(argv: list) -> int:
         print(f"error: unknown command {what!r} (expected run, report, --list or nothing)", file=sys.stderr)
         return 2
     if what in ("all", "run"):
-        run_all()
+        run_all(argv[1:] if what == "run" else [])
     if what in ("all", "report"):
         write_report()
     return 0
