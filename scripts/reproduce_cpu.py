@@ -115,7 +115,7 @@ RUNS += [Run(f"{r.name}-s1", r.task, r.preset, r.overrides, f"{r.label}, seed 1"
          for r in RUNS if r.task == "maze"]
 # Sudoku RI/NI again where the training log and evaluate.py agree (issue 16): trained at D=4 like the
 # mazes, in float32 (no bf16 units on this CPU: 10x faster), training seeds 0 and 1.
-SUDOKU_D4_STEPS = 500
+SUDOKU_D4_STEPS = 1000
 SUDOKU_D4_DEPTHS = [1, 2, 4, 8, 16]  # a one-pass sweep costs its deepest D; 64 would be 4x
 F32 = "arch.forward_dtype=float32"
 RUNS += [Run(f"sudoku-d4-{kind}{'-s1' if seed else ''}", "sudoku", preset, ["arch.halt_max_steps=4", F32, *extra],
