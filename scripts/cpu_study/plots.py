@@ -9,6 +9,16 @@ def arm_runs(res: dict, arm: str) -> list:
     return [n for n, r in res["runs"].items() if r["arm"] == arm]
 
 
+def axis(ax, title: str, xlabel: str, ylabel: str, log2: bool = True) -> None:
+    if log2:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def plot_all(res: dict, folder: str) -> list:
     """Write every figure into `folder`; returns their file names."""
     import matplotlib
@@ -54,11 +64,7 @@ def plot_all(res: dict, folder: str) -> list:
                     marker="o", label=n)
         for trained in sorted({res["runs"][n]["train_halt_max_steps"] for n in names}):
             ax.axvline(trained, color="grey", ls=":", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("depth D (supervision steps at test time; trained depth dotted)")
-        ax.set_ylabel("exact accuracy (%), B=1")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
+        axis(ax, title, "depth D (supervision steps at test time; trained depth dotted)", "exact accuracy (%), B=1")
     save(fig, "depth.png")
 
     # breadth and selection rules, EqR grids
@@ -81,10 +87,7 @@ def plot_all(res: dict, folder: str) -> list:
                                    for d in study.DEPTHS], marker="o", label=label)
         ax.set_title(f"{title}: EqR, selection rules")
         for ax in axes[:, col]:
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("depth D")
-            ax.set_ylabel("exact accuracy (%)")
-            ax.legend(fontsize=8)
+            axis(ax, ax.get_title(), "depth D", "exact accuracy (%)")
     save(fig, "breadth_selection.png")
 
     # elastic halting, B = 1: accuracy against block applications per puzzle
@@ -97,11 +100,7 @@ def plot_all(res: dict, folder: str) -> list:
                 rows = [x for x in (cell(res, b1(n), d, 1, rule) for d in study.DEPTHS) if x]
                 ax.plot([x["nfe_per_puzzle"] for x in rows], [100 * x["accuracy"] for x in rows], ls=ls, marker="o",
                         ms=3, label=f"{n}{' + halting' if 'halt' in rule else ''}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("block applications per puzzle (NFE)")
-        ax.set_ylabel("exact accuracy (%), B=1")
-        ax.set_title(title)
-        ax.legend(fontsize=6)
+        axis(ax, title, "block applications per puzzle (NFE)", "exact accuracy (%), B=1")
     save(fig, "halting.png")
 
     # training curves (the runs' own evaluation at the trained depth, EMA weights)
@@ -110,9 +109,6 @@ def plot_all(res: dict, folder: str) -> list:
         for n in arm_runs(res, arm):
             curve = res["runs"][n]["eval_curve"]
             ax.plot([e["step"] for e in curve], [100 * e["exact"] for e in curve], marker="o", label=n)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("exact accuracy (%) at the trained depth")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
+        axis(ax, title, "training step", "exact accuracy (%) at the trained depth", log2=False)
     save(fig, "training.png")
     return written
