@@ -158,7 +158,8 @@ def training_table(res):
         last = r["eval_curve"][-1] if r["eval_curve"] else {}
         rows.append([f"`{name}`", r["label"], f"{r['params']:,}", r["blocks_per_step"], r["steps"],
                      r["train_halt_max_steps"], "yes" if r["act_halting"] and r["train_halt_max_steps"] > 1 else "no",
-                     "yes" if r["random_init"] else "no", r["lambda"], r["noise_scale"], r.get("forward_dtype", "bfloat16"),
+                     "yes" if r["random_init"] else "no", r["lambda"], r["noise_scale"],
+                     r.get("forward_dtype", "bfloat16"),  # records from before the float32 arm did not say; all bf16
                      f"{r['examples_presented']:,}", pct(last.get("exact")), fmt_wall(r["wall_s"])])
     return md_table(["run", "what", "params", "blocks/step", "steps", "train D", "ACT", "RI", "λ", "σ", "dtype",
                      "examples presented", "exact at end (train eval, D=train D, 256)", "wall"], rows)
@@ -325,7 +326,7 @@ def halting_claims(res):
 def commands_table(res):
     records = ([(f"data-{t}", d) for t, d in res["datasets"].items()] + [(f"train-{n}", r) for n, r in res["runs"].items()]
                + [(f"eval-{n}", s) for n, s in res["sweeps"].items()])
-    rows = [[f"`{k}`", f"`{v['command']}`", fmt_wall(v["wall_s"]), "results.json" if v.get("carried_over") else "this run"]
+    rows = [[f"`{k}`", f"`{v['command']}`", fmt_wall(v["wall_s"]), "results.json" if v.get("carried_over") else "this checkout"]
             for k, v in records]
     table = md_table(["stage", "command", "wall", "numbers from"], rows)
     have = {k for k, _ in records}

@@ -160,14 +160,15 @@ def latest_step(run: Run) -> int | None:
 
 
 def stages() -> list:
-    """Every stage in the order it runs (paths relative to the repository root, the working directory)."""
+    """Every stage in the order it runs: the data, then run by run its training and its sweeps (paths
+    are relative to the repository root, the working directory)."""
     out = [Stage(f"data-{task}", dataset_argv(ds),
                  done=lambda ds=ds: all(os.path.isfile(f"{ds.path}/{s}/dataset.json") for s in ("train", "test")))
            for task, ds in DATASETS.items()]
-    out += [Stage(f"train-{r.name}", train_argv(r, resume=False), done=lambda r=r: latest_step(r) == r.steps,
-                  resume_argv=train_argv(r, resume=True), started=lambda r=r: latest_step(r) is not None)
-            for r in RUNS]
-    out += [Stage(f"eval-{s.name}", sweep_argv(s), done=lambda s=s: os.path.isfile(f"{s.path}/results.json"),
-                  resume_argv=sweep_argv(s) + ["resume=true"], started=lambda s=s: os.path.isdir(f"{s.path}/partial"))
-            for s in SWEEPS]
+    for r in RUNS:
+        out.append(Stage(f"train-{r.name}", train_argv(r, resume=False), done=lambda r=r: latest_step(r) == r.steps,
+                         resume_argv=train_argv(r, resume=True), started=lambda r=r: latest_step(r) is not None))
+        out += [Stage(f"eval-{s.name}", sweep_argv(s), done=lambda s=s: os.path.isfile(f"{s.path}/results.json"),
+                      resume_argv=sweep_argv(s) + ["resume=true"], started=lambda s=s: os.path.isdir(f"{s.path}/partial"))
+                for s in SWEEPS if s.run == r.name]
     return out
