@@ -73,6 +73,7 @@ def test_report_fills_the_template_from_a_results_dict():
     assert "{{" not in doc
     assert "| `sudoku-d4-trm-ri` | sudoku-d4-trm-ri | 0.0 | 0.0 | 50.0 | 0.0 | 50.0 |" in doc
     assert "| `sudoku-d4-eqr` | 50.0 | 50.0 | 75.0 | 75.0 |" in doc  # the agreement row
+    assert "largest gap over 3 finished runs: +0.0 points" in doc
     assert ("sudoku D=4, training seed 0, D=4: TRM < TRM + RI (25.0 vs 50.0): **reproduces**; "
             "TRM + RI < EqR (50.0 vs 75.0): **reproduces**.") in doc
     assert "D=16: TRM < TRM + RI < EqR holds for 1 of 1 training seeds (1 not finished)" in doc
