@@ -48,7 +48,7 @@ def plot_all(res: dict, folder: str) -> list:
         for i, depth in enumerate(depths):
             vals = [100 * (acc(res, b1(n), depth) or 0) for n in names]
             ax.bar([j + (i - 1) * 0.27 for j in range(len(names))], vals, width=0.27, label=f"D={depth}")
-        ax.set_xticks(range(len(names)), [n.split("-", 1)[1] for n in names], rotation=20)
+        ax.set_xticks(range(len(names)), [n.split("-d4-" if "-d4-" in n else "-", 1)[1] for n in names], rotation=20)
         ax.set_ylabel("exact accuracy (%)")
         ax.set_ylim(0, max(5, ax.get_ylim()[1]))  # an all-zero panel still shows a readable axis
         ax.set_title(title)
