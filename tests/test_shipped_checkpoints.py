@@ -21,7 +21,7 @@ from utils.files import atomic_save
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUZZLES = 16
 CASES = {
-    # shipped file, slice builder + args, exact-accuracy floor at D16 B1 (SHIP_FLOOR in scripts/reproduce_cpu.py).
+    # shipped file, slice builder + args, exact-accuracy floor at D16 B1 (SHIP_FLOOR in scripts/cpu_study/study.py).
     "sudoku": ("checkpoints/shipped/eqr_sudoku_cpu.pt", build_sudoku_dataset,
                ["--generate", "1", "--generate-test", str(PUZZLES), "--num-aug", "0", "--min-givens", "40",
                 "--seed", "1"], 0.25),

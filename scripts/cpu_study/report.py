@@ -1,0 +1,391 @@
+"""The study's numbers: collected from finished stages into results.json, and filled as tables and claims
+into the hand-written docs/cpu_reproduction.template.md, which gives docs/cpu_reproduction.md.
+
+The template holds the prose; each `{{name}}` in it is replaced by BLOCKS[name](res). A stage whose
+files are not in this checkout keeps the record the previous results.json holds for it, if that
+record was made by the same command; such records are marked `carried_over`.
+"""
+import json
+import os
+import re
+
+from cpu_study import study
+from cpu_study.runner import load_ledger, shown
+from utils.errors import RunError
+
+TEMPLATE = "docs/cpu_reproduction.template.md"
+REPORT_DOC = "docs/cpu_reproduction.md"
+REPORT_DIR = "docs/cpu_reproduction"
+RESULTS = f"{REPORT_DIR}/results.json"
+LEDGER = f"{study.WORK_DIR}/ledger.json"
+SWEEP_KEYS = ("depth", "breadth", "rule", "correct", "total", "accuracy", "token_accuracy", "nfe_per_puzzle",
+              "nfe_saving_at_equal_accuracy")
+TRAIN_LOG_WINDOW = 100  # steps at the end of a run over which the training log's exact accuracy is averaged
+
+
+# ----------------------------------------------------------------------------- collection
+
+def run_record(run: study.Run) -> dict:
+    import torch
+    from utils.run_folder import read_metrics
+
+    metrics = read_metrics(f"{run.path}/metrics.jsonl")
+    ckpt = torch.load(run.final_checkpoint, map_location="cpu", weights_only=True)
+    arch = ckpt["config"]["arch"]
+    blocks = 1 if arch["feedforward"] else arch["H_cycles"] * (arch["L_cycles"] + 1)
+    # the training log's exact accuracy: rows that halted in the last steps (their puzzle, the live weights)
+    tail = [m for m in metrics if "train/count" in m and m["step"] > run.steps - TRAIN_LOG_WINDOW]
+    halted = sum(m["train/count"] for m in tail)
+    return {
+        "task": run.task, "arm": run.arm, "label": run.label, "steps": run.steps, "seed": run.seed,
+        "params": sum(t.numel() for name, t in ckpt["model"].items() if name in ckpt["ema"]["shadow"]),
+        "blocks_per_step": blocks * arch["L_layers"], "forward_dtype": arch["forward_dtype"],
+        "train_halt_max_steps": arch["halt_max_steps"], "act_halting": arch.get("act_halting", True),
+        "random_init": arch["random_init"], "lambda": arch["lambda_"], "noise_scale": arch["noise_scale"],
+        # rows that halted (took a new puzzle) over the whole run: training examples actually presented
+        "examples_presented": int(sum(m.get("train/count", 0) for m in metrics)),
+        "train_log_exact": sum(m["train/exact_accuracy"] * m["train/count"] for m in tail) / halted if halted else None,
+        "eval_curve": [{"step": m["step"], "exact": m["eval/exact_accuracy"], "token": m["eval/accuracy"]}
+                       for m in metrics if "eval/count" in m]}
+
+
+def sweep_record(sweep: study.Sweep) -> dict:
+    with open(f"{sweep.path}/results.json") as f:
+        res = json.load(f)
+    rows = [{k: r[k] for k in SWEEP_KEYS} for r in res["rows"]]
+    return {"run": sweep.run, "puzzles": rows[0]["total"], "rows": rows, "eval_wall_time_s": round(res["wall_time_s"], 1)}
+
+
+def collect(previous: dict) -> dict:
+    """Every number of the report: from the stages finished in this checkout, else from `previous` (the
+    last results.json) when its record of that stage was made by the same command."""
+    ledger = load_ledger(LEDGER)
+    out = {"seed": study.SEED, "threads": 1, "arms": study.ARMS, "datasets": {}, "runs": {}, "sweeps": {}}
+    parts = ([("datasets", t, f"data-{t}", ds.path) for t, ds in study.DATASETS.items()] +
+             [("runs", r.name, f"train-{r.name}", r) for r in study.RUNS] +
+             [("sweeps", s.name, f"eval-{s.name}", s) for s in study.SWEEPS])
+    stages = {s.key: s for s in study.stages()}
+    for part, name, key, what in parts:
+        stage, old = stages[key], previous.get(part, {}).get(name)
+        if stage.done():
+            record = {"path": what} if part == "datasets" else run_record(what) if part == "runs" else sweep_record(what)
+            entry = ledger.get(key, {})
+            record.update(command=shown(stage.argv), wall_s=round(entry.get("wall_s", 0.0), 1),
+                          sessions=len(entry.get("attempts", [])))
+        elif old and old.get("command") in (shown(stage.argv), shown(stage.argv).replace(f" {study.BF16}", "")):
+            # (the second form: recorded before the presets' forward_dtype became `auto`, when it meant bfloat16)
+            record = {**old, "carried_over": True}
+        else:
+            continue
+        if part == "runs":
+            record["arm"] = what.arm  # a record from before arms were named has none
+        out[part][name] = record
+    return out
+
+
+def load_previous() -> dict:
+    if not os.path.isfile(RESULTS):
+        return {}
+    with open(RESULTS) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------- lookups
+
+def cell(res: dict, sweep: str, depth: int, breadth: int, rule: str):
+    """The row of a sweep for (D, B, rule), or None when that sweep or cell did not run."""
+    for r in res["sweeps"].get(sweep, {}).get("rows", []):
+        if (r["depth"], r["breadth"], r["rule"]) == (depth, breadth, rule):
+            return r
+    return None
+
+
+def acc(res, sweep, depth, breadth=1, rule="traj1"):
+    r = cell(res, sweep, depth, breadth, rule)
+    return None if r is None else r["accuracy"]
+
+
+def b1(name: str) -> str:
+    """The B=1 depth sweep of a run."""
+    return "sudoku-ff-d1" if name == "sudoku-ff" else f"{name}-b1"
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def fmt_wall(s) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def md_table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ok) -> str:
+    if ok == "untestable":
+        return "**not testable here** (neither model solves any puzzle)"
+    return "n/a (stage missing)" if ok is None else ("**reproduces**" if ok else "**does not reproduce**")
+
+
+def gt(a, b):
+    if a is None or b is None:
+        return None
+    return "untestable" if a == b == 0 else a > b
+
+
+# ----------------------------------------------------------------------------- blocks
+# Each block returns markdown; claims() blocks also add their lines to res["claims"] for the summary.
+
+def claims(res: dict, lines: list) -> str:
+    res.setdefault("claims", []).extend(lines)
+    return "\n".join(lines)
+
+
+def total_wall(res):
+    parts = [*res["runs"].values(), *res["sweeps"].values(), *res["datasets"].values()]
+    return fmt_wall(sum(v["wall_s"] for v in parts))
+
+
+def data_block(res):
+    return "\n".join(f"- {task}: `{ds['command']}` ({fmt_wall(ds['wall_s'])})." for task, ds in res["datasets"].items())
+
+
+def training_table(res):
+    rows = []
+    for name, r in res["runs"].items():
+        last = r["eval_curve"][-1] if r["eval_curve"] else {}
+        rows.append([f"`{name}`", r["label"], f"{r['params']:,}", r["blocks_per_step"], r["steps"],
+                     r["train_halt_max_steps"], "yes" if r["act_halting"] and r["train_halt_max_steps"] > 1 else "no",
+                     "yes" if r["random_init"] else "no", r["lambda"], r["noise_scale"],
+                     r.get("forward_dtype", "bfloat16"),  # records from before the float32 arm did not say; all bf16
+                     f"{r['examples_presented']:,}", pct(last.get("exact")), fmt_wall(r["wall_s"])])
+    return md_table(["run", "what", "params", "blocks/step", "steps", "train D", "ACT", "RI", "λ", "σ", "dtype",
+                     "examples presented", "exact at end (train eval, D=train D, 256)", "wall"], rows)
+
+
+def construction_table(res):
+    rows = [[f"`{n}`", res["runs"][n]["label"]] + [pct(acc(res, b1(n), d)) for d in (1, 16, 64)]
+            for n in study.CONSTRUCTION if n in res["runs"]]
+    return md_table(["run", "what", "D=1 (12 NFE)", "D=16 (192 NFE)", "D=64 (768 NFE)"], rows)
+
+
+def construction_claims(res):
+    ff, tied, tied16 = acc(res, "sudoku-ff-d1", 1), acc(res, "sudoku-tied-b1", 1), acc(res, "sudoku-tied-b1", 16)
+    sup, trm, eqr = (acc(res, f"sudoku-{n}-b1", 16) for n in ("tied-sup", "trm", "eqr"))
+    return claims(res, [
+        f"- untied FF < weight-tied at equal 12 NFE ({pct(ff)} vs {pct(tied)}): {verdict(gt(tied, ff))}.",
+        f"- weight-tied 1 step (D=1) < + supervision over steps (D=16) ({pct(tied)} vs {pct(sup)}): "
+        f"{verdict(gt(sup, tied))}; at equal test compute (both run 16 steps = 192 NFE) ({pct(tied16)} vs {pct(sup)}): "
+        f"{verdict(gt(sup, tied16))}.",
+        f"- + supervision < + halting (TRM) at D=16 ({pct(sup)} vs {pct(trm)}): {verdict(gt(trm, sup))}.",
+        f"- TRM < EqR at D=16 ({pct(trm)} vs {pct(eqr)}): {verdict(gt(eqr, trm))}."])
+
+
+def ri_ni_table(groups: dict, depths: list):
+    def block(res):
+        rows = [[f"`{n}`", res["runs"][n]["label"]] + [pct(acc(res, b1(n), d)) for d in depths]
+                for names in groups.values() for n in names if n in res["runs"]]
+        return md_table(["run", "what", *[f"D={d}" for d in depths]], rows)
+    return block
+
+
+def ri_ni_claims(groups: dict, depths: tuple):
+    def block(res):
+        lines = []
+        for what, names in groups.items():
+            for depth in depths:
+                t, ri, e = (acc(res, b1(n), depth) for n in names)
+                lines.append(f"- {what}, D={depth}: TRM < TRM + RI ({pct(t)} vs {pct(ri)}): {verdict(gt(ri, t))}; "
+                             f"TRM + RI < EqR ({pct(ri)} vs {pct(e)}): {verdict(gt(e, ri))}.")
+        return claims(res, lines)
+    return block
+
+
+def agreement_table(res):
+    rows, gaps = [], []
+    for names in study.RI_NI_D4.values():
+        for n in names:
+            r = res["runs"].get(n)
+            if r is None:
+                continue
+            depth = r["train_halt_max_steps"]
+            logged, frozen = r.get("train_log_exact"), acc(res, f"{n}-train", depth)
+            rows.append([f"`{n}`", pct(logged), pct(frozen), pct(r["eval_curve"][-1]["exact"] if r["eval_curve"] else None),
+                         pct(acc(res, f"{n}-b1", depth))])
+            if logged is not None and frozen is not None:
+                gaps.append((100 * (logged - frozen), n))
+    table = md_table(["run", f"training log, last {TRAIN_LOG_WINDOW} steps (rows that halted)",
+                      "evaluate.py, training split (first 256)", "training-time eval, test (256)",
+                      "evaluate.py, test (256)"], rows)
+    if not gaps:
+        return table
+    gap, name = max(gaps, key=lambda g: abs(g[0]))
+    return table + "\n\n" + claims(res, [
+        f"- agreement, sudoku D=4 arm: training log minus evaluate.py on training puzzles, largest gap over "
+        f"{len(gaps)} finished runs: {gap:+.1f} points (`{name}`; the maze pilot at D=16: 27 logged vs 0.4 evaluated)."])
+
+
+def ordering_claims(groups: dict, depths: tuple):
+    """Whether the whole ranking TRM < TRM + RI < EqR holds, per depth, in how many of the groups (seeds)."""
+    def block(res):
+        lines = []
+        for depth in depths:
+            triples = [[acc(res, b1(n), depth) for n in names] for names in groups.values()]
+            done = [t for t in triples if None not in t]
+            held = sum(1 for t, ri, e in done if t < ri < e)
+            lines.append(f"- sudoku D=4 arm, D={depth}: TRM < TRM + RI < EqR holds for {held} of {len(done)} "
+                         f"training seeds" + (f" ({len(groups) - len(done)} not finished)" if len(done) < len(groups) else "")
+                         + (f"; mean over seeds: TRM {pct(sum(t[0] for t in done) / len(done))}, TRM + RI "
+                            f"{pct(sum(t[1] for t in done) / len(done))}, EqR {pct(sum(t[2] for t in done) / len(done))}"
+                            if done else "") + ".")
+        return claims(res, lines)
+    return block
+
+
+def depth_table(res):
+    rows = [[f"`{n}`", res["sweeps"][b1(n)]["puzzles"]] + [pct(acc(res, b1(n), d)) for d in study.DEPTHS]
+            for n in res["runs"] if n != "sudoku-ff" and b1(n) in res["sweeps"]]
+    return md_table(["run", "puzzles", *[f"D={d}" for d in study.DEPTHS]], rows)
+
+
+def depth_claims(res):
+    lines = []
+    a1, a64 = acc(res, "sudoku-tied-b1", 1), acc(res, "sudoku-tied-b1", 64)
+    if a1 is not None:
+        lines.append(f"- `sudoku-tied` (trained at D=1): D=64 vs D=1: {pct(a64)} vs {pct(a1)}.")
+    for name in ("sudoku-eqr", "maze-eqr", "sudoku-trm", "maze-trm"):
+        if name in res["runs"]:
+            trained = res["runs"][name]["train_halt_max_steps"]
+            at_trained, a64 = acc(res, b1(name), trained), acc(res, b1(name), 64)
+            if at_trained is not None and a64 is not None:
+                lines.append(f"- `{name}`: D=64 vs trained D={trained}: {pct(a64)} vs {pct(at_trained)} "
+                             f"({100 * (a64 - at_trained):+.1f} points beyond the trained depth).")
+    return claims(res, lines)
+
+
+def breadth_block(task: str):
+    def block(res):
+        sweep = f"{task}-eqr-grid"
+        if sweep not in res["sweeps"]:
+            return f"- {task}: breadth grid not finished."
+        n, top = res["sweeps"][sweep]["puzzles"], max(study.BREADTHS)
+        rows = [[f"B={b}"] + [pct(acc(res, sweep, d, b, "traj1" if b == 1 else "conv_top1")) for d in study.DEPTHS]
+                for b in study.BREADTHS]
+        gains = [None if acc(res, sweep, d, top, "conv_top1") is None else
+                 acc(res, sweep, d, top, "conv_top1") - acc(res, sweep, d, 1, "traj1") for d in study.DEPTHS]
+        rows.append([f"gain B={top} − B=1 (points)"] + ["–" if g is None else f"{100 * g:+.1f}" for g in gains])
+        helped = [d for d, g in zip(study.DEPTHS, gains) if g is not None and g > 0]
+        return (f"{task}, the first {n} test puzzles (one puzzle = {100 / n:.1f} points, so differences of a few points "
+                f"are noise), B=1 is one trajectory, B>1 top-1 by convergence:\n\n"
+                + md_table(["", *[f"D={d}" for d in study.DEPTHS]], rows) + "\n\n"
+                + claims(res, [f"- {task}: depths where B={top} (top-1 by convergence) beats B=1: {helped or 'none'}"
+                               f"{'' if not helped else f' (first at D={helped[0]})'}."]))
+    return block
+
+
+def selection_block(task: str):
+    def block(res):
+        sweep = f"{task}-eqr-grid"
+        if sweep not in res["sweeps"]:
+            return f"- {task}: breadth grid not finished."
+        rows = [[f"B={b}", rule] + [pct(acc(res, sweep, d, b, rule)) for d in study.DEPTHS]
+                for b in study.BREADTHS[1:] for rule in ("conv_top1", "majority", f"pass@{b}")]
+        b = max(study.BREADTHS)
+        wins = sum(1 for d in study.DEPTHS
+                   if (acc(res, sweep, d, b, "conv_top1") or 0) >= (acc(res, sweep, d, b, "majority") or 0))
+        return (f"{task} ({res['sweeps'][sweep]['puzzles']} puzzles):\n\n"
+                + md_table(["B", "rule", *[f"D={d}" for d in study.DEPTHS]], rows) + "\n\n"
+                + claims(res, [f"- {task}: at B={b}, top-1 by convergence >= majority vote at {wins} of "
+                               f"{len(study.DEPTHS)} depths (pass@{b}, the ceiling of any selection rule, at D=64: "
+                               f"{pct(acc(res, sweep, 64, b, f'pass@{b}'))})."]))
+    return block
+
+
+def halting_rows(res, names, depths=(16, 64)):
+    """(run, D, no-halting row, halting row) where both exist."""
+    for name in names:
+        for d in depths:
+            plain, halted = cell(res, b1(name), d, 1, "traj1"), cell(res, b1(name), d, 1, "traj1+halt")
+            if plain and halted:
+                yield name, d, plain, halted
+
+
+def halting_table(res):
+    rows = []
+    for name, d, plain, halted in halting_rows(res, [n for n in res["runs"] if n not in ("sudoku-ff", "sudoku-tied")]):
+        s = halted["nfe_saving_at_equal_accuracy"]
+        rows.append([f"`{name}`", d, pct(plain["accuracy"]), f"{plain['nfe_per_puzzle']:.0f}", pct(halted["accuracy"]),
+                     f"{halted['nfe_per_puzzle']:.1f}", "–" if s is None else f"{s:.2f}x"])
+    return md_table(["run", "D cap", "exact, no halting", "NFE", "exact, halting", "NFE", "saving at equal accuracy"], rows)
+
+
+def halting_claims(res):
+    lines = []
+    for name, d, plain, halted in halting_rows(res, ("sudoku-trm", "sudoku-eqr", "maze-eqr")):
+        s = halted["nfe_saving_at_equal_accuracy"]
+        lines.append(f"- elastic halting, `{name}`, D cap {d}: {pct(halted['accuracy'])} with "
+                     f"{halted['nfe_per_puzzle']:.0f} NFE per puzzle against {pct(plain['accuracy'])} with "
+                     f"{plain['nfe_per_puzzle']:.0f} without halting; saving at equal accuracy "
+                     f"{'–' if s is None else f'{s:.2f}x'} ({'a saving' if s and s > 1 else 'no saving'}).")
+    return claims(res, lines)
+
+
+def commands_table(res):
+    records = ([(f"data-{t}", d) for t, d in res["datasets"].items()] + [(f"train-{n}", r) for n, r in res["runs"].items()]
+               + [(f"eval-{n}", s) for n, s in res["sweeps"].items()])
+    rows = [[f"`{k}`", f"`{v['command']}`", fmt_wall(v["wall_s"]), "results.json" if v.get("carried_over") else "this checkout"]
+            for k, v in records]
+    table = md_table(["stage", "command", "wall", "numbers from"], rows)
+    have = {k for k, _ in records}
+    missing = [s.key for s in study.stages() if s.key not in have]
+    return table + "\n\nStages not finished (their numbers are absent): " + (", ".join(missing) or "none") + "."
+
+
+def shipped_block(res):
+    shipped = res.get("shipped", {})
+    lines = [f"- `{s['path']}` ({s['bytes'] / 1e6:.2f} MB, step {s['step']}), from `{name}`." for name, s in shipped.items()]
+    lines += [f"- `{name}` is not shipped: its exact accuracy at D=16, B=1, is below the shipping floor "
+              f"{pct(study.SHIP_FLOOR)} (or its evaluation has not finished)." for name in study.SHIPPED if name not in shipped]
+    return "\n".join(lines)
+
+
+# Document order: the claims blocks fill res["claims"] in this order, and `summary` (last) lists them.
+BLOCKS = {
+    "total_wall": total_wall,
+    "data": data_block,
+    "training_table": training_table,
+    "construction_table": construction_table,
+    "construction_claims": construction_claims,
+    "ri_ni_table": ri_ni_table(study.RI_NI, [1, 4, 16, 64]),
+    "ri_ni_claims": ri_ni_claims(study.RI_NI, (16, 64)),
+    "d4_table": ri_ni_table(study.RI_NI_D4, study.D4_DEPTHS),
+    "d4_claims": ri_ni_claims(study.RI_NI_D4, (4, 16)),
+    "agreement_table": agreement_table,
+    "d4_ordering": ordering_claims(study.RI_NI_D4, (4, 16)),
+    "depth_table": depth_table,
+    "depth_claims": depth_claims,
+    "breadth_sudoku": breadth_block("sudoku"),
+    "breadth_maze": breadth_block("maze"),
+    "selection_sudoku": selection_block("sudoku"),
+    "selection_maze": selection_block("maze"),
+    "halting_table": halting_table,
+    "halting_claims": halting_claims,
+    "commands_table": commands_table,
+    "shipped": shipped_block,
+    "summary": lambda res: "\n".join(res["claims"]),
+}
+
+
+def fill(template: str, res: dict) -> str:
+    """The template with every `{{name}}` replaced by its block; an unknown or unused name is an error."""
+    names = re.findall(r"\{\{(\w+)\}\}", template)
+    unknown, unused = sorted(set(names) - set(BLOCKS)), sorted(set(BLOCKS) - set(names))
+    if unknown or unused:
+        raise RunError(f"{TEMPLATE}: " + "; ".join(
+            ([f"unknown blocks {unknown}"] if unknown else []) + ([f"blocks never used {unused}"] if unused else [])))
+    res = {**res, "claims": []}
+    text = {name: BLOCKS[name](res) for name in BLOCKS}
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: text[m.group(1)], template)
