@@ -1,7 +1,7 @@
 """Measure EqR's speed on the machine at hand and write the figures as JSON.
 
     python scripts/benchmark.py                     # full figures (CPU: several minutes)
-    python scripts/benchmark.py --quick             # smoke run: small batches, few repeats (< 2 min on 2 cores)
+    python scripts/benchmark.py --quick             # smoke run: small batches, few repeats, dtype auto (< 2 min on 2 cores)
     python scripts/benchmark.py --device cuda       # GPU: the Sudoku/maze presets at their global batch (768), bf16
 
 In one run: the matrix-multiply peak in float32 and bfloat16 (a loop of square torch.mm);
@@ -387,7 +387,9 @@ def print_table(results: dict) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--quick", action="store_true", help="small batches and few repeats (a smoke run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small batches and few repeats (a smoke run); unless --dtype is given, each preset in the "
+                             "dtype pretrain.py would pick (auto: float32 on a CPU without bf16 units)")
     parser.add_argument("--out", default="benchmark_results.json", help="JSON file, written atomically")
     parser.add_argument("--presets", nargs="+", default=PRESETS, help="names from config/train")
     parser.add_argument("--threads", type=int, default=None,
@@ -406,6 +408,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else 1
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
+    if args.quick and args.dtype is None:  # bfloat16 on a CPU without bf16 units would make the smoke run ~10x slower
+        args.dtype = "auto"
     if args.threads is None and args.quick and args.device == "cpu":
         args.threads = 1  # a smoke run must stay fast on a shared machine, where a second thread can stall every op
     return args
