@@ -12,7 +12,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ("pyproject.toml", "README.md", "LICENSE", "pretrain.py", "evaluate.py")
+FILES = ("pyproject.toml", "README.md", "LICENSE", "pretrain.py", "evaluate.py", "solve.py", "diagnose.py")
 PACKAGES = ("config", "dataset", "models", "evaluation", "utils")
 TINY = ["device=cpu", "wandb_mode=disabled", "global_batch_size=8", "eval_batch_size=8", "eval_max_examples=16",
         "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=1",
@@ -30,7 +30,7 @@ def make_venv(path) -> str:
     return str(path / "bin")
 
 
-@pytest.mark.slow  # a pip install and five commands, each importing torch: about 40 s
+@pytest.mark.slow  # a pip install and seven commands, each importing torch: about a minute
 def test_console_commands_of_a_plain_install_run_from_another_folder(tmp_path):
     pytest.importorskip("setuptools")
     source = tmp_path / "source"
@@ -65,6 +65,11 @@ def test_console_commands_of_a_plain_install_run_from_another_folder(tmp_path):
     assert os.path.isfile(work / "run" / "step_2.pt")
     out = run("eqr-evaluate", "checkpoint=run/step_2.pt", "output_dir=results", "progress=false", "plots=false")
     assert "HEADLINE" in out and os.path.isfile(work / "results" / "results.json")
+    out = run("eqr-solve", "checkpoint=run/step_2.pt", "data_path=sudoku", "index=0", "image=board.png")
+    assert "valid" in out and os.path.isfile(work / "board.png")
+    run("eqr-diagnose", "checkpoint=run/step_2.pt", "output_dir=diagnostics", "max_examples=2", "depth=2",
+        "lyapunov_k=1", "progress=false")
+    assert os.path.isfile(work / "diagnostics" / "diagnostics.csv")
 
 
 def test_training_help_lists_the_presets_and_the_chosen_presets_defaults(capsys):
