@@ -72,7 +72,7 @@ def test_quick_benchmark_command(tmp_path):
     """The documented smoke command, as a user runs it (all presets, start-up included)."""
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)  # a hang guard, not a speed target
     assert done.returncode == 0, done.stderr
     check_results(json.loads(out.read_text()), benchmark.PRESETS, ["eqr_sudoku", "eqr_sudoku_cpu"])
 
