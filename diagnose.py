@@ -25,7 +25,7 @@ from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
 from evaluation import diagnostics_summary as summary_file
 from evaluation.grid import fingerprint, fresh_init_std, partial_path, remove_partial, resume_partial
-from evaluation.keyed_rng import KeyedSampler
+from evaluation.keyed_rng import KeyedSampler, trajectory_keys
 from evaluation.lyapunov import trace_batch
 from evaluation.report import write_json
 from models.checkpoint import load_for_eval
@@ -92,9 +92,8 @@ def batch_records(batch: dict, traced: dict, breadth: int) -> dict[str, torch.Te
     """The real rows of one batch as CPU tensors: puzzle and trajectory numbers, givens and the traced values."""
     real = batch["mask"].repeat_interleave(breadth)
     labelled = (batch["labels"] != IGNORE_LABEL_ID).sum(-1).repeat_interleave(breadth)
-    records = {"puzzle": batch["index"].repeat_interleave(breadth),
-               "trajectory": torch.arange(breadth, device=real.device).repeat(batch["index"].shape[0]),
-               "givens": labelled - traced["to_fill"], **traced}
+    puzzles, trajectories = trajectory_keys(batch["index"], breadth)
+    records = {"puzzle": puzzles, "trajectory": trajectories, "givens": labelled - traced["to_fill"], **traced}
     return {name: value[real].cpu() for name, value in records.items()}
 
 
@@ -159,8 +158,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     for batch_index, batch in enumerate(iter_test_batches(data_path, cfg.global_batch_size, rank, world_size, cfg.split,
                                                           examples, start_batch=start_batch), start=start_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        sampler = KeyedSampler(seed, batch["index"].repeat_interleave(cfg.breadth),
-                               torch.arange(cfg.breadth, device=device).repeat(batch["index"].shape[0]))
+        sampler = KeyedSampler(seed, *trajectory_keys(batch["index"], cfg.breadth))
         traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments,
                              fresh_std)
         parts.append(batch_records(batch, traced, cfg.breadth))

@@ -20,7 +20,7 @@ import torch
 
 from config import compose_config
 from dataset.common import load_split
-from evaluate import run_entry
+from evaluate import run_entry, train_setting
 from evaluation import render
 from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
@@ -165,9 +165,9 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
                     blocks_per_step=config.blocks_per_step, window=cfg.convergence_window, halt=True,
                     halt_threshold=float(cfg.halt_threshold),
                     fresh_init_std=fresh_init_std(config, cfg.different_init_reset_std))
-    rule = "top-1 by convergence" if spec.reported(spec.max_depth, spec.max_breadth, "conv_top1") else \
+    rule = "top-1 by convergence" if spec.headline_rule(spec.max_depth, spec.max_breadth) == "conv_top1" else \
         "trajectory 1 (convergence needs D >= 2)"
-    seed = cfg.seed if cfg.seed is not None else int(info["train_config"].get("seed") or 0)
+    seed = cfg.seed if cfg.seed is not None else int(train_setting(info["train_config"], "seed") or 0)
     breadth = spec.max_breadth
 
     results = []

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from evaluation import selection
+from evaluation.keyed_rng import trajectory_keys
 from utils.files import atomic_save
 from models.eqr import ConfigError
 from models.losses import IGNORE_LABEL_ID
@@ -126,8 +127,7 @@ def row_keys(spec: GridSpec, index: torch.Tensor) -> tuple[torch.Tensor, torch.T
     rows [r * Bm, (r + 1) * Bm) are puzzle r's trajectories 0..Bm-1; with `spec.fixed_row`, row L * Bm + r
     is puzzle r's trajectory 0 again, started from the fixed latents."""
     Bm = spec.max_breadth
-    puzzles = index.repeat_interleave(Bm)
-    trajectories = torch.arange(Bm, device=index.device).repeat(index.shape[0])
+    puzzles, trajectories = trajectory_keys(index, Bm)
     if spec.fixed_row:
         puzzles, trajectories = torch.cat([puzzles, index]), torch.cat([trajectories, torch.zeros_like(index)])
     return puzzles, trajectories

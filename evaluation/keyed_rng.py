@@ -46,6 +46,12 @@ def uniform_open(bits: torch.Tensor) -> torch.Tensor:
     return _shift_right(bits, 41).float().mul_(2.0**-22).add_(2.0**-23 - 1)  # (2k + 1) / 2^23 - 1
 
 
+def trajectory_keys(index: torch.Tensor, breadth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Puzzle index and trajectory number of each row when every puzzle of `index` runs `breadth` trajectories
+    in consecutive rows (row r: puzzle r // breadth, trajectory r % breadth)."""
+    return index.repeat_interleave(breadth), torch.arange(breadth, device=index.device).repeat(index.shape[0])
+
+
 class KeyedSampler:
     """The model's randomness (`noise`, `initial_state`) keyed per row of the current batch.
 

@@ -16,7 +16,7 @@ import torch
 from torch.func import jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from evaluation.keyed_rng import KeyedSampler
+from evaluation.keyed_rng import KeyedSampler, trajectory_keys
 from models.losses import IGNORE_LABEL_ID
 
 FRAME_SEED_OFFSET = 7919  # the initial tangent frame is keyed by (seed + this, puzzle, trajectory)
@@ -110,9 +110,7 @@ def trace_batch(inner, batch: dict, depth: int, k: int, breadth: int, sampler, s
         z_H, z_L = inner.segment(x[:, :half].view(shape), x[:, half:].view(shape), inputs, noise)
         return torch.cat([z_H.flatten(1), z_L.flatten(1)], 1), inner.readout(z_H)
 
-    puzzles = batch["index"].repeat_interleave(breadth)
-    trajectories = torch.arange(breadth, device=device).repeat(batch["index"].shape[0])
-    frame = initial_frame(k, state, seed, puzzles, trajectories)
+    frame = initial_frame(k, state, seed, *trajectory_keys(batch["index"], breadth))
     log_growth = torch.zeros(rows, k, dtype=torch.float64, device=device)
     out = {name: torch.zeros(rows, depth, dtype=torch.float64, device=device) for name in ("disp", "reldisp", "q_halt")}
     out["solved"] = torch.zeros(rows, depth, dtype=torch.bool, device=device)
