@@ -27,6 +27,7 @@ from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
+from utils.processes import resolve_forward_dtype
 from utils.typecheck import check_types
 
 CHUNK = 64  # puzzles per forward pass
@@ -149,7 +150,7 @@ def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
 # ----------------------------------------------------------------------------- the run
 
 def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
-    overrides = {"forward_dtype": cfg.forward_dtype} if cfg.forward_dtype else None
+    overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device)} if cfg.forward_dtype else None
     head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
     config = head.model.config
     task = render.task_of(config.vocab_size, config.seq_len)

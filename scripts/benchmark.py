@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from evaluation.keyed_rng import KeyedSampler  # noqa: E402
 from utils.errors import RunError  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
-from utils.processes import native_forward_dtype  # noqa: E402
+from utils.processes import resolve_forward_dtype  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.eqr import ModelConfig, RecurrentReasoner  # noqa: E402
 from models.layers import find_multiple, trunc_normal_  # noqa: E402
@@ -213,8 +213,7 @@ def load_preset(name: str, dtype: str | None, device: torch.device) -> tuple[Mod
     arch = {k: v for k, v in cfg["arch"].items() if k not in ("seq_len", "vocab_size")}
     if dtype:
         arch["forward_dtype"] = dtype
-    if arch["forward_dtype"] == "auto":
-        arch["forward_dtype"] = native_forward_dtype(device)
+    arch["forward_dtype"] = resolve_forward_dtype(arch["forward_dtype"], device)
     return ModelConfig.from_dict(arch, seq_len=seq_len, vocab_size=vocab), cfg
 
 

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import evaluate
+import solve
 from dataset import build_maze_unique_dataset, build_sudoku_dataset
 from models.checkpoint import load_for_eval
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
 from utils.files import atomic_save
+from utils.processes import native_forward_dtype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUZZLES = 16
@@ -69,3 +71,21 @@ def test_shipped_checkpoint_beats_floor_fresh_model_does_not(task, tmp_path, cap
 
     assert fresh < floor, f"a fresh {task} model reaches {fresh:.3f}, the floor {floor} means nothing"
     assert trained >= floor, f"{shipped}: exact accuracy {trained:.3f} on the test slice, floor {floor}"
+
+
+def test_auto_dtype_evaluates_and_solves_in_the_devices_native_dtype(tmp_path, capsys):
+    """`forward_dtype=auto`, as the *_cpu presets train, also works for evaluate.py and solve.py: the model runs in
+    the dtype the device multiplies natively (on this CPU float32), recorded in results.json."""
+    shipped, builder, args, _ = CASES["maze"]
+    path, data, out = os.path.join(ROOT, shipped), str(tmp_path / "data"), str(tmp_path / "eval")
+    builder.main(args + ["--output-dir", data])
+    assert evaluate.main([f"checkpoint={path}", f"data_path={data}", "depths=[2]", "breadths=[1]",
+                          f"global_batch_size={PUZZLES}", f"output_dir={out}", "device=cpu", "plots=false",
+                          "progress=false", "forward_dtype=auto"]) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        used = json.load(f)["identity"]["model"]["forward_dtype"]
+    assert used == native_forward_dtype(torch.device("cpu"))
+    assert torch.load(path, map_location="cpu", weights_only=True)["config"]["arch"]["forward_dtype"] == "bfloat16"
+    assert solve.main([f"checkpoint={path}", f"data_path={data}", "index=0", "forward_dtype=auto", "image=null",
+                       "device=cpu"]) == 0
+    capsys.readouterr()

@@ -165,6 +165,11 @@ def native_forward_dtype(device: torch.device) -> str:
     return "bfloat16" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "float32"
 
 
+def resolve_forward_dtype(requested: str | None, device: torch.device) -> str | None:
+    """A forward_dtype key as given, except `auto`: the dtype `device` multiplies natively (native_forward_dtype)."""
+    return native_forward_dtype(device) if requested == "auto" else requested
+
+
 def setup_processes(requested_device: str | None, requested_threads: int | None = None) -> Processes:
     """Pick this process's device and CPU threads and, under torchrun, join the process group (nccl on CUDA,
     gloo on CPU)."""
