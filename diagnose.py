@@ -33,7 +33,7 @@ from models.losses import IGNORE_LABEL_ID
 from utils.errors import ConfigError
 from utils.files import atomic_save
 from utils.processes import broadcast
-from utils.typecheck import check_types
+from utils.typecheck import check_range, check_types
 
 
 @dataclass
@@ -67,9 +67,8 @@ class DiagnoseConfig:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.noise not in ("fixed", "off"):
             raise ConfigError(f"noise: expected fixed or off, got {self.noise!r}")
-        if self.different_init_reset_std is not None and not self.different_init_reset_std > 0:
-            raise ConfigError(f"different_init_reset_std: expected a positive number or null, "
-                              f"got {self.different_init_reset_std!r}")
+        if self.different_init_reset_std is not None:
+            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
         for key in ("depth", "max_examples", "threads"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer or null, got {getattr(self, key)!r}")

@@ -192,7 +192,7 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
 def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
     """Run the grid; rank 0 writes the outputs and returns the results dict (other ranks: None)."""
     data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None
-    overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device)} if cfg.forward_dtype else None
+    overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device, world_size)} if cfg.forward_dtype else None
     head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
                                data_seq_len=data_meta.seq_len if data_meta else None,
                                data_vocab_size=data_meta.vocab_size if data_meta else None, overrides=overrides)

@@ -43,7 +43,7 @@ from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, remove_stale_temp_files
 from utils.network import reachable
-from utils.processes import (StopRequests, broadcast, close_processes, native_forward_dtype, setup_processes,
+from utils.processes import (StopRequests, broadcast, close_processes, resolve_forward_dtype, setup_processes,
                              should_report)
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, shard_name, truncate_metrics, write_shard)
@@ -370,8 +370,8 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
     if (tc.eval_batch_size or tc.global_batch_size) % world_size:
         raise ConfigError(f"eval_batch_size: {tc.eval_batch_size} does not split over {world_size} processes")
-    if cfg["arch"].get("forward_dtype") == "auto":  # resolved here, so that the checkpoint says which it was
-        cfg["arch"]["forward_dtype"] = broadcast(native_forward_dtype(device), world_size)
+    if "forward_dtype" in cfg["arch"]:  # `auto` resolved here, so that the checkpoint says which it was
+        cfg["arch"]["forward_dtype"] = resolve_forward_dtype(cfg["arch"]["forward_dtype"], device, world_size)
     model_config = model_config_for(cfg["arch"], tc.data_path)
     cfg["arch"] = {**cfg["arch"], **model_config.to_dict()}  # every ModelConfig field, seq_len/vocab_size included
     loader = TrainLoader(tc.data_path, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)

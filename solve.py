@@ -28,7 +28,7 @@ from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
 from utils.processes import resolve_forward_dtype
-from utils.typecheck import check_types
+from utils.typecheck import check_range, check_types
 
 CHUNK = 64  # puzzles per forward pass
 
@@ -58,6 +58,8 @@ class SolveConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+        if self.different_init_reset_std is not None:
+            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
         if (self.puzzle is None) == (self.data_path is None):
             raise ConfigError("puzzle: pass either puzzle=<puzzle or file> or data_path=<dataset folder> index=<i>")
         if self.data_path is not None and (self.index is None or self.index < 0):

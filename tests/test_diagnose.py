@@ -79,6 +79,8 @@ def test_two_processes_equal_one_process(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("arg, message", [("noise=sometimes", "noise: expected fixed or off"),
                                           ("lyapunov_k=0", "lyapunov_k: expected a positive integer"),
+                                          ("different_init_reset_std=0",
+                                           "different_init_reset_std: expected a value in (0, inf)"),
                                           ("colour=red", "colour: unknown")])
 def test_bad_settings_end_with_one_line(checkpoint, tmp_path, capsys, arg, message):
     assert diagnose.main([f"checkpoint={checkpoint}", f"output_dir={tmp_path}", arg]) == 2

@@ -92,6 +92,7 @@ def test_maze_answer_is_a_png_and_text_path_from_data_or_file(maze_dir, tmp_path
     (MAZE, ["puzzle={small_maze}"], "5x5, but"),
     (MAZE, ["data_path={maze_dir}", "index=99"], "index: 99 is past the end"),
     (SUDOKU, [], "puzzle: pass either"),
+    (SUDOKU, ["puzzle=" + PUZZLE, "different_init_reset_std=-1"], "different_init_reset_std: expected a value in (0, inf)"),
     # Hydra reads this one as a float; solve.py keeps the text as typed
     (SUDOKU, ["puzzle=" + "1" * 79 + ".2"], "the givens repeat a digit"),
 ])

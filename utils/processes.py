@@ -165,9 +165,10 @@ def native_forward_dtype(device: torch.device) -> str:
     return "bfloat16" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "float32"
 
 
-def resolve_forward_dtype(requested: str | None, device: torch.device) -> str | None:
-    """A forward_dtype key as given, except `auto`: the dtype `device` multiplies natively (native_forward_dtype)."""
-    return native_forward_dtype(device) if requested == "auto" else requested
+def resolve_forward_dtype(requested: str | None, device: torch.device, world_size: int = 1) -> str | None:
+    """A forward_dtype key as given, except `auto`: the dtype `device` multiplies natively (native_forward_dtype),
+    rank 0's, so that every process runs the same one (a collective when `auto`: every rank calls it)."""
+    return broadcast(native_forward_dtype(device), world_size) if requested == "auto" else requested
 
 
 def setup_processes(requested_device: str | None, requested_threads: int | None = None) -> Processes:
