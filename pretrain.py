@@ -41,7 +41,7 @@ from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compi
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError, first_line
-from utils.files import atomic_write, remove_stale_temp_files
+from utils.files import atomic_write, os_error_line, remove_stale_temp_files
 from utils.network import reachable
 from utils.processes import (StopRequests, broadcast, close_processes, resolve_forward_dtype, setup_processes,
                              should_report)
@@ -552,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     return 0
 

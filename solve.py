@@ -29,6 +29,7 @@ from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
+from utils.files import check_writable
 from utils.processes import resolve_forward_dtype
 from utils.typecheck import check_range, check_types
 
@@ -202,6 +203,7 @@ def image_paths(cfg: SolveConfig, count: int) -> list[str]:
     if taken:
         raise ConfigError(f"image: {taken} exists; solve.py does not overwrite a file (choose another image= path, "
                           f"or image=null)")
+    check_writable(os.path.dirname(os.path.abspath(cfg.image)), "image")
     return paths
 
 

@@ -45,6 +45,24 @@ def atomic_write(path: str, data: bytes | str) -> None:
             os.remove(tmp)
 
 
+def check_writable(folder: str, key: str) -> None:
+    """Create `folder` and write (then remove) a temp file in it, so that a run whose outputs could not be saved
+    (a read-only mount, no permission, a full disk) stops at start with one line naming `key`."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise RunError(f"{key}: cannot write in {folder} ({e.strerror or e}); choose another {key}") from None
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError no caller expected (a file that could not be read or written)."""
+    name = e.filename if e.filename is not None else "a file"
+    return f"{name}: {e.strerror or first_line(e)}"
+
+
 def atomic_save(obj, path: str) -> None:
     """torch.save through atomic_write."""
     buffer = io.BytesIO()

@@ -119,14 +119,21 @@ class RunLock:
         self.fd = None
 
     def acquire(self) -> "RunLock":
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        folder = os.path.dirname(self.path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise RunError(f"{folder}: cannot write the run folder ({e.strerror or e}); pass a writable "
+                           f"checkpoint_path (or run from a writable folder)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunError(f"{os.path.dirname(self.path)}: in use by {holder}; two runs cannot share a run folder "
+            real = os.path.realpath(folder)  # a link into another run's folder is that folder
+            where = folder if real == os.path.abspath(folder) else f"{folder} (a link to {real})"
+            raise RunError(f"{where}: in use by {holder}; two runs cannot share a run folder "
                            f"(pass another run_name or checkpoint_path)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
