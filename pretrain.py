@@ -35,7 +35,7 @@ from config import compose_train_config, config_help
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from evaluation.curves import plot_training_curves
-from models.checkpoint import safe_load
+from models.checkpoint import check_fits, safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
@@ -247,11 +247,15 @@ def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world
     for key, value in cfg["arch"].items():
         if ckpt["config"]["arch"].get(key) != value:
             raise CheckpointError(f"{path}: arch.{key} was {ckpt['config']['arch'].get(key)!r}, now {value!r}")
+    shadow = ckpt["ema"].get("shadow") if isinstance(ckpt.get("ema"), dict) else None
+    if ema is not None and not isinstance(shadow, dict):
+        raise CheckpointError(f"{path}: has no EMA weights but ema=true")
+    check_fits(path, head, ckpt["model"], None)  # one line naming a tensor that does not fit its config
+    if ema is not None:
+        check_fits(path, head, {**ckpt["model"], **shadow}, set(shadow))
     head.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if ema is not None:
-        if "ema" not in ckpt:
-            raise CheckpointError(f"{path}: has no EMA weights but ema=true")
         ema.load_state_dict(ckpt["ema"])
     own = ckpt
     if rank > 0:

@@ -29,7 +29,7 @@ import sys
 import time
 
 from utils.errors import CheckpointError, RunError
-from utils.files import atomic_save, atomic_write, check_archive
+from utils.files import atomic_save, atomic_write, check_archive, refused_global
 
 CHECKPOINT_FORMAT = "eqr/1"
 LOCK_NAME = ".lock"
@@ -88,9 +88,25 @@ def _step_of(name: str) -> int:
     return int(name.removeprefix("step_").removesuffix(".pt"))
 
 
+def checkpoint_global(name: str) -> bool:
+    """Whether a checkpoint of this format may name `name` in its pickle: tensors and their storages only."""
+    module, _, attr = name.rpartition(".")
+    return (name == "collections.OrderedDict" or (module == "torch._utils" and attr.startswith("_rebuild_"))
+            or (module == "torch" and attr.endswith("Storage")))
+
+
+def check_shard(path: str) -> None:
+    """A shard that resume may load: every CRC right, and a pickle that names nothing but tensors."""
+    check_archive(path)
+    refused = refused_global(path, checkpoint_global)
+    if refused:
+        raise CheckpointError(f"{path}: refused to unpickle {refused} (a checkpoint holds tensors and plain "
+                              f"types only); not loaded")
+
+
 def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> str:
-    """`latest`, or, when one of its shards is damaged or missing, the newest older step whose every shard
-    passes its CRC check (with a warning); none intact is an error."""
+    """`latest`, or, when one of its shards is damaged, missing or refused (check_shard), the newest older step
+    whose every shard passes check_shard (with a warning); none intact is an error."""
     newest = _step_of(os.path.basename(latest))
     steps = sorted((_step_of(name) for name in os.listdir(run_dir) if re.fullmatch(r"step_\d+\.pt", name)
                     and _step_of(name) <= newest), reverse=True)
@@ -98,7 +114,7 @@ def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> 
     for step in steps:
         try:
             for r in range(world_size):
-                check_archive(os.path.join(run_dir, shard_name(step, r)))
+                check_shard(os.path.join(run_dir, shard_name(step, r)))
         except CheckpointError as e:
             problem = problem or str(e)
             continue
