@@ -31,7 +31,7 @@ from evaluation.report import write_json
 from models.checkpoint import load_for_eval
 from models.losses import IGNORE_LABEL_ID
 from utils.errors import ConfigError
-from utils.files import atomic_save, check_writable
+from utils.files import atomic_save, check_writable, hold_folder
 from utils.processes import broadcast
 from utils.typecheck import check_range, check_types
 
@@ -140,6 +140,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
     check_writable(output_dir, "output_dir")  # now, not after the run
+    if rank == 0:
+        hold_folder(output_dir, "output_dir")
     own_partial = partial_path(output_dir, rank, world_size)
     state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
     parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \

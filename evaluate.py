@@ -33,7 +33,7 @@ from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import CheckpointError, RunError
-from utils.files import check_writable, os_error_line
+from utils.files import check_writable, hold_folder, os_error_line, release_folders
 from utils.processes import broadcast, close_processes, free_memory, resolve_forward_dtype, setup_processes, should_report
 from utils.typecheck import check_range, check_types
 
@@ -233,6 +233,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     counts = torch.zeros(spec.size, dtype=torch.long, device=device)
     start_batch, seconds_before, depth_seconds = 0, 0.0, [0.0] * len(spec.depths)
     check_writable(output_dir, "output_dir")  # now, not after the sweep
+    if rank == 0:
+        hold_folder(output_dir, "output_dir")
     own_partial = partial_path(output_dir, rank, world_size)
     state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "results.json")
     if state is not None:
@@ -370,6 +372,7 @@ def run_entry(argv: list[str] | None, usage, configure, run) -> int:
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     finally:
+        release_folders()
         close_processes(processes)
     return 0
 

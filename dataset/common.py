@@ -7,7 +7,6 @@ are [group_indices[g], group_indices[g+1]).
 """
 import argparse
 import dataclasses
-import fcntl
 import glob
 import json
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.constants import IGNORE_LABEL_ID  # noqa: F401 (part of this module's interface)
+from utils.files import try_flock
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -146,7 +146,7 @@ def write_dataset(output_dir: str, splits: dict[str, tuple[PuzzleDatasetMetadata
     try:
         os.makedirs(parent, exist_ok=True)
         os.makedirs(tmp_dir)
-        lock = _hold(tmp_dir)  # while this builder lives, no other one takes its temp folder for a stale one
+        lock = try_flock(tmp_dir)  # while this builder lives, no other one takes its temp folder for a stale one
         remove_stale_builds(output_dir, keep=tmp_dir)
         for split, (meta, arrays) in splits.items():
             split_dir = os.path.join(tmp_dir, split)
@@ -175,17 +175,6 @@ def write_dataset(output_dir: str, splits: dict[str, tuple[PuzzleDatasetMetadata
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _hold(folder: str) -> int | None:
-    """An exclusive flock on `folder` (its fd), or None where the file system cannot lock a folder."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except OSError:
-        os.close(fd)
-        return None
-
-
 def remove_stale_builds(output_dir: str, keep: str | None = None) -> list[str]:
     """Remove the `.NAME.tmp-*` folders (and `.NAME.tmp-*.old`, a kill during the swap) that killed builders of
     output_dir left beside it; a live builder locks its folder, so that one is kept, as is `keep`. Returns what was removed."""
@@ -196,7 +185,7 @@ def remove_stale_builds(output_dir: str, keep: str | None = None) -> list[str]:
         if owner == keep:
             continue
         if os.path.exists(owner):
-            fd = _hold(owner)
+            fd = try_flock(owner)
             if fd is None:  # a live builder holds it
                 continue
             os.close(fd)

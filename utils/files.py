@@ -4,6 +4,7 @@ A kill leaves at most a `.tmp-*` file behind, never a torn target; `remove_stale
 clears those once the folder's one writer holds it. Files get the mode any new file gets here
 (0666 less the umask), so others on shared storage can read checkpoints and results.
 """
+import fcntl
 import glob
 import hashlib
 import io
@@ -11,8 +12,6 @@ import os
 import pickle
 import tempfile
 import zipfile
-
-import torch
 
 from utils.errors import CheckpointError, RunError, first_line
 
@@ -58,6 +57,43 @@ def check_writable(folder: str, key: str) -> None:
         raise RunError(f"{key}: cannot write in {folder} ({e.strerror or e}); choose another {key}") from None
 
 
+def try_flock(path: str) -> int | None:
+    """An exclusive flock on a file or folder (no file is made): its fd, or None while another holder has it. On a
+    file system without flock (some network mounts) the fd comes back unlocked: there is no guard there."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        pass
+    return fd
+
+
+_HELD = {}  # real path -> fd: the output folders this process writes (hold_folder)
+
+
+def hold_folder(folder: str, key: str) -> None:
+    """Keep other processes out of an output folder (the one named by `key`) until release_folders; a link to a
+    folder is that folder. The kernel drops the lock when this process ends, however it ends."""
+    real = os.path.realpath(folder)
+    if real in _HELD:
+        return
+    fd = try_flock(real)
+    if fd is None:
+        link = "" if real == os.path.abspath(folder) else f" (a link to {real})"
+        raise RunError(f"{key}: {folder}{link} is in use by another process; two runs cannot write one folder "
+                       f"(choose another {key})")
+    _HELD[real] = fd
+
+
+def release_folders() -> None:
+    for fd in _HELD.values():
+        os.close(fd)
+    _HELD.clear()
+
+
 def os_error_line(e: OSError) -> str:
     """One line for an OSError no caller expected (a file that could not be read or written)."""
     name = e.filename if e.filename is not None else "a file"
@@ -66,6 +102,7 @@ def os_error_line(e: OSError) -> str:
 
 def atomic_save(obj, path: str) -> None:
     """torch.save through atomic_write."""
+    import torch  # here, so that the dataset builders, which use this module's locks, do not load torch
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, buffer.getbuffer())
