@@ -3,6 +3,8 @@
 A kill leaves at most a `.tmp-*` file behind, never a torn target; `remove_stale_temp_files`
 clears those once the folder's one writer holds it. Files get the mode any new file gets here
 (0666 less the umask), so others on shared storage can read checkpoints and results.
+Also here: the checks a run makes on its files before trusting them (CRCs, the globals a pickle names),
+and the flock that keeps a second writer out of an output folder.
 """
 import fcntl
 import glob

@@ -13,8 +13,8 @@ checkpoint a resume may trust and what a released (slim) checkpoint keeps is thi
 One writer per folder: `RunLock` holds an exclusive flock on `<run>/.lock` for the run's life, so a
 second run pointed at the same folder (the same run_name, or two default names from the same
 second) stops at start, naming the holder. The kernel drops the lock when the holder dies, so a
-killed run never leaves the folder locked. (flock works on local disks; on NFS it needs the
-server's lock support.)
+killed run never leaves the folder locked; a link to a run's folder locks that folder. (flock works
+on local disks; on NFS it needs the server's lock support.)
 
 metrics.jsonl is strict JSON, one object per line (non-finite numbers are written as null). A line
 torn by a kill or a full disk can only be the last one; reading drops it with a warning.
