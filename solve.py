@@ -9,7 +9,8 @@
 The answer comes from evaluate.py's pass (evaluation/grid.run_batch) at one cell (D, B): at B > 1 the
 trajectory picked is top-1 by convergence, the paper's rule. Randomness is keyed by (seed, puzzle, trajectory)
 as in evaluate.py, so `data_path=D index=i` gives the answer evaluate.py scored for puzzle i (same seed, D, B).
-Keys and defaults: config/cfg_solve.yaml. Writes a PNG of each answer (image=; null: none).
+Keys and defaults: config/cfg_solve.yaml. image=P.png also draws each answer (P_1.png, ... for a file); an
+existing file is never overwritten.
 """
 import math
 import os
