@@ -193,9 +193,9 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
         os.makedirs(output_dir, exist_ok=True)
         summary_file.write_csv(os.path.join(output_dir, "diagnostics.csv"), table)
-        write_json(os.path.join(output_dir, "summary.json"), result)
         if cfg.plots:
             summary_file.write_plots(output_dir, table, depth, cfg.prefix_segments)
+        write_json(os.path.join(output_dir, "summary.json"), result)  # last: it marks the folder finished
         print(summary_file.format_summary(result))
         print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
               f"results in {output_dir}/")
