@@ -197,6 +197,13 @@ def test_a_model_too_large_for_the_memory_limit_is_one_line_and_leaves_no_run_fo
         assert not run.exists()
 
 
+def test_a_run_refused_after_it_made_its_folder_leaves_no_folder_holding_only_the_lock(sudoku_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(sudoku_path, run, "max_steps=2", "resume=true") == 2  # refused once the folder is claimed
+    assert "no checkpoint to resume" in one_error_line(capsys)
+    assert not run.exists()
+
+
 def test_the_dataset_builder_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     disk = tmp_path / "disk"
     if not mount_tmpfs(disk, "64k"):  # no tmpfs to fill: the error the write call gets on a full disk

@@ -133,9 +133,11 @@ class RunLock:
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK_NAME)
         self.fd = None
+        self.created = False  # whether acquire made the folder (release removes it if the lock is all it holds)
 
     def acquire(self) -> "RunLock":
         folder = os.path.dirname(self.path)
+        self.created = not os.path.isdir(folder)
         try:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -158,6 +160,10 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            folder = os.path.dirname(self.path)
+            if self.created and os.listdir(folder) == [LOCK_NAME]:  # a run that stopped before writing anything
+                os.remove(self.path)
+                os.rmdir(folder)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
