@@ -177,7 +177,8 @@ def write_dataset(output_dir: str, splits: dict[str, tuple[PuzzleDatasetMetadata
 
 def remove_stale_builds(output_dir: str, keep: str | None = None) -> list[str]:
     """Remove the `.NAME.tmp-*` folders (and `.NAME.tmp-*.old`, a kill during the swap) that killed builders of
-    output_dir left beside it; a live builder locks its folder, so that one is kept, as is `keep`. Returns what was removed."""
+    output_dir left beside it; a live builder locks its folder, so that one is kept, as is `keep`. Returns what was
+    removed."""
     parent, name = os.path.split(os.path.abspath(output_dir))
     removed = []
     for path in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.tmp-*"))):
