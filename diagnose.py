@@ -31,7 +31,7 @@ from evaluation.report import write_json
 from models.checkpoint import load_for_eval
 from models.losses import IGNORE_LABEL_ID
 from utils.errors import ConfigError
-from utils.files import atomic_save
+from utils.files import atomic_save, check_writable, hold_folder
 from utils.processes import broadcast
 from utils.typecheck import check_range, check_types
 
@@ -139,6 +139,9 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
                 "model": model_config.to_dict(), "device_type": device.type}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
+    check_writable(output_dir, "output_dir")  # now, not after the run
+    if rank == 0:
+        hold_folder(output_dir, "output_dir")
     own_partial = partial_path(output_dir, rank, world_size)
     state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
     parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \
@@ -190,9 +193,9 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
         os.makedirs(output_dir, exist_ok=True)
         summary_file.write_csv(os.path.join(output_dir, "diagnostics.csv"), table)
-        write_json(os.path.join(output_dir, "summary.json"), result)
         if cfg.plots:
             summary_file.write_plots(output_dir, table, depth, cfg.prefix_segments)
+        write_json(os.path.join(output_dir, "summary.json"), result)  # last: it marks the folder finished
         print(summary_file.format_summary(result))
         print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
               f"results in {output_dir}/")

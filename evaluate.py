@@ -33,6 +33,7 @@ from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import CheckpointError, RunError
+from utils.files import check_writable, hold_folder, os_error_line, release_folders
 from utils.processes import broadcast, close_processes, free_memory, resolve_forward_dtype, setup_processes, should_report
 from utils.typecheck import check_range, check_types
 
@@ -231,6 +232,9 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     # Resume this rank's shard of the sweep, or refuse to overwrite one.
     counts = torch.zeros(spec.size, dtype=torch.long, device=device)
     start_batch, seconds_before, depth_seconds = 0, 0.0, [0.0] * len(spec.depths)
+    check_writable(output_dir, "output_dir")  # now, not after the sweep
+    if rank == 0:
+        hold_folder(output_dir, "output_dir")
     own_partial = partial_path(output_dir, rank, world_size)
     state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "results.json")
     if state is not None:
@@ -328,7 +332,6 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
              "pass_wall_time_s": wall}
     os.makedirs(output_dir, exist_ok=True)
-    report.write_json(os.path.join(output_dir, "results.json"), results)
     report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
     if cfg.plots:
         report.write_plots(output_dir, spec, rows, checkpoint_name(cfg.checkpoint), puzzles)
@@ -337,6 +340,8 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
             if shown[outcome]:
                 render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],
                                          shown[outcome], f"{cell}: {outcome} puzzles")
+    # Last: results.json marks the folder finished, so a write that fails before it leaves a resumable sweep.
+    report.write_json(os.path.join(output_dir, "results.json"), results)
     print(report.format_table(spec, rows, puzzles))
     print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
           f"{identity['world_size']} process(es); results in {output_dir}/")
@@ -363,7 +368,11 @@ def run_entry(argv: list[str] | None, usage, configure, run) -> int:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     finally:
+        release_folders()
         close_processes(processes)
     return 0
 

@@ -23,7 +23,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -35,16 +35,16 @@ from config import compose_train_config, config_help
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from evaluation.curves import plot_training_curves
-from models.checkpoint import safe_load
+from models.checkpoint import check_fits, safe_load
 from models.ema import EMA
 from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError, first_line
-from utils.files import atomic_write, remove_stale_temp_files
+from utils.files import atomic_write, os_error_line, remove_stale_temp_files
 from utils.network import reachable
-from utils.processes import (StopRequests, broadcast, close_processes, resolve_forward_dtype, setup_processes,
-                             should_report)
+from utils.processes import (StopRequests, broadcast, close_processes, free_memory, resolve_forward_dtype,
+                             setup_processes, should_report)
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, shard_name, truncate_metrics, write_shard)
 from utils.typecheck import check_range, check_types
@@ -139,11 +139,36 @@ def check_test_split(data_path: str) -> None:
     """Read the test split at start, every value checked, so that a bad one stops the run before step 1
     rather than at its first evaluation."""
     train = load_metadata(data_path, "train")
-    test, _ = load_split(data_path, "test", check_values=True)
+    test, arrays = load_split(data_path, "test", check_values=True)
+    if len(arrays["inputs"]) == 0:
+        raise DatasetError(f"{os.path.join(data_path, 'test')}: holds no puzzles, so every evaluation would score 0 of 0; "
+                           f"rebuild it with test puzzles, or remove the folder to train without evaluation")
     for key in ("seq_len", "vocab_size"):
         if getattr(test, key) != getattr(train, key):
             raise DatasetError(f"{os.path.join(data_path, 'test', 'dataset.json')}: {key} {getattr(test, key)}, "
                                f"but the training split has {getattr(train, key)}")
+
+
+def check_model_fits(config: ModelConfig, tc: TrainConfig, world_size: int, device: torch.device) -> None:
+    """Refuse, before allocating, a model whose training state alone exceeds the memory this process may use:
+    float32 weights, gradients and Adam's two moments (plus EMA and the evaluation copy), counted on the meta
+    device from one- and two-layer copies, and the latents and one step's layer inputs of the batch."""
+    def count(layers: int) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in RecurrentReasoner(replace(config, L_layers=layers)).parameters())
+
+    one, two = count(1), count(2)
+    params = one + (two - one) * (config.L_layers - 1)
+    copies = 4 + tc.ema + bool(tc.eval_interval_steps)  # weights, gradients, Adam m and v, EMA, evaluation copy
+    rows = tc.global_batch_size // world_size
+    layer_inputs = 2 + (0 if config.feedforward else config.L_cycles + 1) * config.L_layers
+    activations = rows * config.seq_len * config.hidden_size * 4 * layer_inputs
+    need, free = params * 4 * copies + activations, free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"arch: this model needs at least {need / 2**30:.1f} GiB per process ({params / 1e6:,.0f}M "
+                          f"parameters x {copies} float32 copies, {activations / 2**30:.1f} GiB of activations at "
+                          f"{rows} rows), {free / 2**30:.1f} GiB is free for it on {device}; lower arch.hidden_size, "
+                          f"arch.L_layers or global_batch_size")
 
 
 HELP_PRESETS = {"train": "--config-name train/NAME", "arch": "arch=NAME", "dataset": "dataset=NAME"}
@@ -247,11 +272,15 @@ def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world
     for key, value in cfg["arch"].items():
         if ckpt["config"]["arch"].get(key) != value:
             raise CheckpointError(f"{path}: arch.{key} was {ckpt['config']['arch'].get(key)!r}, now {value!r}")
+    shadow = ckpt["ema"].get("shadow") if isinstance(ckpt.get("ema"), dict) else None
+    if ema is not None and not isinstance(shadow, dict):
+        raise CheckpointError(f"{path}: has no EMA weights but ema=true")
+    check_fits(path, head, ckpt["model"], None)  # one line naming a tensor that does not fit its config
+    if ema is not None:
+        check_fits(path, head, {**ckpt["model"], **shadow}, set(shadow))
     head.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if ema is not None:
-        if "ema" not in ckpt:
-            raise CheckpointError(f"{path}: has no EMA weights but ema=true")
         ema.load_state_dict(ckpt["ema"])
     own = ckpt
     if rank > 0:
@@ -374,6 +403,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         cfg["arch"]["forward_dtype"] = resolve_forward_dtype(cfg["arch"]["forward_dtype"], device, world_size)
     model_config = model_config_for(cfg["arch"], tc.data_path)
     cfg["arch"] = {**cfg["arch"], **model_config.to_dict()}  # every ModelConfig field, seq_len/vocab_size included
+    check_model_fits(model_config, tc, world_size, device)
     loader = TrainLoader(tc.data_path, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)
     total_steps = tc.epochs * max(loader.steps_per_epoch, 1)
     if tc.max_steps is not None:
@@ -473,7 +503,8 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
 
         if bar is not None:
             bar.update(1)
-        log_due = step % tc.log_interval_steps == 0 or step == total_steps
+        stop_now = world_size == 1 and stop.requested  # then the metrics since the last line are logged at this step
+        log_due = step % tc.log_interval_steps == 0 or step == total_steps or stop_now
         if log_due:
             if world_size > 1:
                 dist.all_reduce(sums)
@@ -488,7 +519,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
             logged_steps = 0
         # A stop request (SIGTERM/SIGINT) is acted on by every rank at the same step: at once with one
         # process, at the next log step with several (where they agree on it).
-        stopping = stop.requested if world_size == 1 else log_due and stop.agreed(device)
+        stopping = stop_now if world_size == 1 else log_due and stop.agreed(device)
         eval_due = eval_head is not None and (step % tc.eval_interval_steps == 0 or step == total_steps)
         save_due = (tc.checkpoint_interval_steps and step % tc.checkpoint_interval_steps == 0) or step == total_steps
         if log_due or eval_due or save_due or stopping:
@@ -552,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     return 0
 

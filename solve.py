@@ -9,14 +9,17 @@
 The answer comes from evaluate.py's pass (evaluation/grid.run_batch) at one cell (D, B): at B > 1 the
 trajectory picked is top-1 by convergence, the paper's rule. Randomness is keyed by (seed, puzzle, trajectory)
 as in evaluate.py, so `data_path=D index=i` gives the answer evaluate.py scored for puzzle i (same seed, D, B).
-Keys and defaults: config/cfg_solve.yaml. Writes a PNG of each answer (image=; null: none).
+Keys and defaults: config/cfg_solve.yaml. image=P.png also draws each answer (P_1.png, ... for a file); an
+existing file is never overwritten.
 """
+import math
 import os
 import sys
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from config import compose_config
 from dataset.common import load_split
@@ -27,10 +30,12 @@ from evaluation.keyed_rng import KeyedSampler
 from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
+from utils.files import check_writable
 from utils.processes import resolve_forward_dtype
 from utils.typecheck import check_range, check_types
 
 CHUNK = 64  # puzzles per forward pass
+MAX_FILE_BYTES = 4 * 2**20  # a puzzle file larger than this is refused (docs/evaluation.md: solve.py on a file)
 
 
 @dataclass
@@ -69,20 +74,47 @@ class SolveConfig:
             raise ConfigError(f"image: expected a .png path or null, got {self.image!r}")
 
 
-def parse_config(cfg: dict, argv: list[str]) -> SolveConfig:
-    if cfg.get("puzzle") is not None and not isinstance(cfg["puzzle"], str):
-        # Hydra reads an all-digit puzzle as an int and one with a single '.' as a float: keep the text typed
-        cfg["puzzle"] = next(a.split("=", 1)[1] for a in reversed(argv) if a.startswith("puzzle="))
+def parse_config(cfg: dict) -> SolveConfig:
     unknown = sorted(set(cfg) - {f.name for f in fields(SolveConfig)})
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_solve.yaml for the known keys)")
     return SolveConfig(**cfg)
 
 
+def compose(overrides: list[str]) -> SolveConfig:
+    """The config; `puzzle=` is kept out of Hydra, which would read an all-digit puzzle as an int, one with a single
+    '.' as a float, and refuse one with a non-ASCII character with its lexer's message."""
+    puzzles = [a.split("=", 1)[1] for a in overrides if a.startswith("puzzle=")]
+    cfg = compose_config("cfg_solve", [a for a in overrides if not a.startswith("puzzle=")])
+    if puzzles:
+        cfg["puzzle"] = puzzles[-1]
+    return parse_config(cfg)
+
+
 # ----------------------------------------------------------------------------- puzzles in
 
+def read_text_file(path: str) -> str:
+    """A puzzle file's text; one line for a file too large to answer here, or one that is not text."""
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"puzzle: {path} is {size / 2**20:.1f} MiB; solve.py reads files up to "
+                          f"{MAX_FILE_BYTES // 2**20} MiB (about 50,000 Sudoku lines or 4,000 30x30 mazes). For more, "
+                          f"build a dataset of them and run evaluate.py save_outputs=true (docs/evaluation.md)")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"puzzle: {path} is not a text file (byte 0x{data[e.start]:02x} at offset {e.start} "
+                          f"is not UTF-8)") from None
+    if "\0" in text:
+        raise ConfigError(f"puzzle: {path} is not a text file (a NUL byte at offset {text.index(chr(0))})")
+    return text
+
+
 def read_puzzles(cfg: SolveConfig, task: str, seq_len: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
-    """-> (input tokens [N, S], labels [N, S] or None, puzzle numbers (the keys of their randomness))."""
+    """-> (input tokens [N, S], labels [N, S] or None, puzzle numbers (the keys of their randomness)).
+    Every puzzle of a file is read and checked here, before the model runs."""
     if cfg.data_path is not None:
         _, arrays = load_split(cfg.data_path, cfg.split)
         count = len(arrays["inputs"])
@@ -93,8 +125,7 @@ def read_puzzles(cfg: SolveConfig, task: str, seq_len: int) -> tuple[np.ndarray,
 
     text = cfg.puzzle
     if os.path.isfile(text):
-        with open(text) as f:
-            content, where = f.read(), text
+        content, where = read_text_file(text), text
     elif task == "maze":
         raise ConfigError(f"puzzle: {cfg.checkpoint} is a maze model; pass a file holding the maze as text "
                           f"(rows of '#', ' ', 'S', 'G') or data_path=<dataset> index=<i>")
@@ -107,16 +138,29 @@ def read_puzzles(cfg: SolveConfig, task: str, seq_len: int) -> tuple[np.ndarray,
         name = (lambda n: f"{where} line {n}") if where != "puzzle" else (lambda n: where)
         puzzles = [render.parse_sudoku_text(line, name(n)) for n, line in lines]
     else:
-        blocks = [b for b in content.replace("\r", "").split("\n\n") if b.strip()]
-        puzzles = [render.parse_maze_text(b, f"{where} maze {n}") for n, b in enumerate(blocks, start=1)]
-        for n, p in enumerate(puzzles, start=1):
-            if p.size != seq_len:
-                side = int(round(p.size ** 0.5))
-                model = int(round(seq_len ** 0.5))
-                raise ConfigError(f"{where} maze {n}: {side}x{side}, but {cfg.checkpoint} solves {model}x{model} mazes")
+        puzzles = []
+        for first, block in maze_blocks(content):
+            maze_name = f"{where} maze {len(puzzles) + 1} (line {first})"
+            puzzles.append(render.parse_maze_text(block, maze_name))
+            if puzzles[-1].size != seq_len:
+                side, model = math.isqrt(puzzles[-1].size), math.isqrt(seq_len)
+                raise ConfigError(f"{maze_name}: {side}x{side}, but {cfg.checkpoint} solves {model}x{model} mazes")
     if not puzzles:
         raise ConfigError(f"{where}: holds no puzzle")
-    return np.stack(puzzles), None, list(range(len(puzzles)))
+    return np.stack(puzzles).astype(np.uint8), None, list(range(len(puzzles)))
+
+
+def maze_blocks(content: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each maze in a file, mazes being separated by blank lines."""
+    blocks, first, rows = [], None, []
+    for number, line in enumerate(content.replace("\r", "").split("\n") + [""], start=1):
+        if line.strip():
+            first = first or number
+            rows.append(line)
+        elif rows:
+            blocks.append((first, "\n".join(rows)))
+            first, rows = None, []
+    return blocks
 
 
 # ----------------------------------------------------------------------------- answers out
@@ -151,7 +195,21 @@ def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- the run
 
-def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
+def image_paths(cfg: SolveConfig, count: int) -> list[str]:
+    """Where each answer's picture goes; an existing file there is refused before the model runs."""
+    if not cfg.image:
+        return []
+    paths = [cfg.image] if count == 1 else [f"{cfg.image[:-4]}_{n + 1}.png" for n in range(count)]
+    taken = next((path for path in paths if os.path.exists(path)), None)
+    if taken:
+        raise ConfigError(f"image: {taken} exists; solve.py does not overwrite a file (choose another image= path, "
+                          f"or image=null)")
+    check_writable(os.path.dirname(os.path.abspath(cfg.image)), "image")
+    return paths
+
+
+def solve(cfg: SolveConfig, device: torch.device) -> int:
+    """Answer every puzzle, printing each batch's answers as it finishes; returns how many were answered."""
     overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device)} if cfg.forward_dtype else None
     head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
     config = head.model.config
@@ -163,6 +221,7 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
     if inputs.shape[1] != config.seq_len:
         raise ConfigError(f"data_path: {cfg.data_path} holds puzzles of {inputs.shape[1]} cells, "
                           f"the checkpoint's model {config.seq_len}")
+    images = image_paths(cfg, len(inputs))
     inner = head.model.inner.to(device).eval()
     spec = GridSpec(depths=(cfg.halt_max_steps or config.halt_max_steps,), breadths=(cfg.different_init,),
                     blocks_per_step=config.blocks_per_step, window=cfg.convergence_window, halt=True,
@@ -171,40 +230,37 @@ def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
     rule = "top-1 by convergence" if spec.headline_rule(spec.max_depth, spec.max_breadth) == "conv_top1" else \
         "trajectory 1 (convergence needs D >= 2)"
     seed = cfg.seed if cfg.seed is not None else int(train_setting(info["train_config"], "seed") or 0)
-    breadth = spec.max_breadth
+    breadth, count = spec.max_breadth, len(inputs)
 
-    results = []
-    for start in range(0, len(inputs), CHUNK):
+    bar = tqdm(total=count, unit="puzzle", desc=f"solve D{spec.max_depth} B{breadth}", disable=count == 1,
+               file=sys.stderr, dynamic_ncols=True)
+    for start in range(0, count, CHUNK):
         x = torch.as_tensor(inputs[start:start + CHUNK], dtype=torch.int32, device=device)
         index = torch.as_tensor(numbers[start:start + CHUNK], dtype=torch.long, device=device)
         batch = {"inputs": x, "labels": torch.full_like(x, IGNORE_LABEL_ID), "index": index,
                  "mask": torch.ones(len(x), dtype=torch.bool, device=device)}
         found = run_batch(inner, batch, spec, KeyedSampler(seed, *row_keys(spec, index)))[3]
         for row in range(len(x)):
-            results.append({"inputs": inputs[start + row], "label": None if labels is None else labels[start + row],
-                            "answer": found["answer"][row].cpu().numpy(),
-                            **{k: int(found[k][row]) for k in ("trajectory", "settled_step", "halt_step")}})
-            results[-1]["problem"] = render.PROBLEM[task](results[-1]["inputs"], results[-1]["answer"])
-
-    for n, result in enumerate(results):
-        source = f"{cfg.data_path}/{cfg.split} #{numbers[n]}" if cfg.data_path else f"puzzle {n + 1} of {len(results)}"
-        print(f"{source}: {info['uri']} at D={spec.max_depth}, B={breadth}")
-        print("\n".join(describe(task, result, spec, rule)))
-        if cfg.image:
-            path = cfg.image if len(results) == 1 else f"{cfg.image[:-4]}_{n + 1}.png"
-            render.save_puzzle_png(path, task, result["inputs"], result["answer"], result["label"],
-                                   title=f"{os.path.basename(info['uri'])}, D={spec.max_depth} B={breadth}: "
-                                         + ("valid" if result["problem"] is None else "not valid"))
-            print(f"picture: {path}")
-        print()
-    return results
+            n = start + row
+            result = {"inputs": inputs[n].astype(np.int64), "label": None if labels is None else labels[n],
+                      "answer": found["answer"][row].cpu().numpy(),
+                      **{k: int(found[k][row]) for k in ("trajectory", "settled_step", "halt_step")}}
+            result["problem"] = render.PROBLEM[task](result["inputs"], result["answer"])
+            source = f"{cfg.data_path}/{cfg.split} #{numbers[n]}" if cfg.data_path else f"puzzle {n + 1} of {count}"
+            lines = [f"{source}: {info['uri']} at D={spec.max_depth}, B={breadth}", *describe(task, result, spec, rule)]
+            if images:
+                render.save_puzzle_png(images[n], task, result["inputs"], result["answer"], result["label"],
+                                       title=f"{os.path.basename(info['uri'])}, D={spec.max_depth} B={breadth}: "
+                                             + ("valid" if result["problem"] is None else "not valid"))
+                lines.append(f"picture: {images[n]}")
+            bar.write("\n".join(lines) + "\n", file=sys.stdout)
+        bar.update(len(x))
+    bar.close()
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
-    def configure(overrides: list[str]) -> SolveConfig:
-        return parse_config(compose_config("cfg_solve", overrides), overrides)
-
-    return run_entry(argv, lambda overrides: __doc__, configure, lambda cfg, rank, world_size, device: solve(cfg, device))
+    return run_entry(argv, lambda overrides: __doc__, compose, lambda cfg, rank, world_size, device: solve(cfg, device))
 
 
 if __name__ == "__main__":

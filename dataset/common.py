@@ -7,15 +7,18 @@ are [group_indices[g], group_indices[g+1]).
 """
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from utils.constants import IGNORE_LABEL_ID  # noqa: F401 (part of this module's interface)
+from utils.files import try_flock
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -132,14 +135,19 @@ def write_dataset(output_dir: str, splits: dict[str, tuple[PuzzleDatasetMetadata
                   identifiers: list[str] | None = None) -> None:
     """Writes a whole dataset folder atomically: everything goes to a temporary sibling folder that is
     renamed into place at the end, so the result is complete or absent. An existing dataset at
-    output_dir is replaced; any other existing folder there is refused."""
+    output_dir is replaced; any other existing folder there is refused. Temp folders that killed builders of
+    the same output_dir left behind are removed first; a write that fails (a full disk, a read-only folder) is
+    one DatasetError, with output_dir as it was."""
     output_dir = os.path.normpath(output_dir)
     if os.path.exists(output_dir) and not os.path.exists(os.path.join(output_dir, "identifiers.json")):
         raise DatasetError(f"{output_dir}: exists and is not a dataset folder (expected a new path or an old dataset to replace)")
     parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp_dir, lock = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}"), None
     try:
+        os.makedirs(parent, exist_ok=True)
+        os.makedirs(tmp_dir)
+        lock = try_flock(tmp_dir)  # while this builder lives, no other one takes its temp folder for a stale one
+        remove_stale_builds(output_dir, keep=tmp_dir)
         for split, (meta, arrays) in splits.items():
             split_dir = os.path.join(tmp_dir, split)
             os.makedirs(split_dir)
@@ -153,12 +161,39 @@ def write_dataset(output_dir: str, splits: dict[str, tuple[PuzzleDatasetMetadata
             old_dir = tmp_dir + ".old"
             os.rename(output_dir, old_dir)
             os.rename(tmp_dir, output_dir)
-            shutil.rmtree(old_dir)
+            shutil.rmtree(old_dir, ignore_errors=True)  # what is left, the next build removes
         else:
             os.rename(tmp_dir, output_dir)
+    except OSError as e:
+        where = f" at {e.filename}" if e.filename else ""
+        raise DatasetError(f"{output_dir}: could not write the dataset ({e.strerror or e}{where}); "
+                           f"{output_dir} is as it was") from None
     finally:
+        if lock is not None:
+            os.close(lock)
         if os.path.exists(tmp_dir):
-            shutil.rmtree(tmp_dir)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def remove_stale_builds(output_dir: str, keep: str | None = None) -> list[str]:
+    """Remove the `.NAME.tmp-*` folders (and `.NAME.tmp-*.old`, a kill during the swap) that killed builders of
+    output_dir left beside it; a live builder locks its folder, so that one is kept, as is `keep`. Returns what was
+    removed."""
+    parent, name = os.path.split(os.path.abspath(output_dir))
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.tmp-*"))):
+        owner = path.removesuffix(".old")  # an .old folder is its builder's until that builder's temp folder is gone
+        if owner == keep:
+            continue
+        if os.path.exists(owner):
+            fd = try_flock(owner)
+            if fd is None:  # a live builder holds it
+                continue
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        print(f"warning: removed {path}, left by an interrupted build of {output_dir}", file=sys.stderr)
+    return removed
 
 
 def single_example_split(inputs: np.ndarray, labels: np.ndarray, vocab_size: int, group_size: int = 1) -> tuple[PuzzleDatasetMetadata, dict[str, np.ndarray]]:

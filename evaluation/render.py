@@ -82,18 +82,25 @@ def maze_text(tokens) -> str:
 
 
 def parse_maze_text(text: str, where: str) -> np.ndarray:
-    """Input tokens of a maze written as text (rows of '#', ' ', 'S', 'G'; an 'o' is read as open).
-    Trailing spaces a text editor dropped are restored up to the longest row."""
+    """Input tokens of a maze written as text (rows of '#', ' ', 'S', 'G'; an 'o' is read as open): square, every
+    row as long as the others (a short row would lose its border wall), one S and one G."""
     rows = [line.rstrip("\n") for line in text.splitlines() if line.strip()]
     if not rows:
         raise ConfigError(f"{where}: expected a maze (rows of '#', ' ', 'S', 'G'), got nothing")
     side = max(len(row) for row in rows)
     if len(rows) != side:
         raise ConfigError(f"{where}: a maze must be square, got {len(rows)} rows of up to {side} characters")
-    flat = "".join(row.ljust(side) for row in rows).replace("o", " ")
+    short = next((n for n, row in enumerate(rows, start=1) if len(row) < side), None)
+    if short:
+        raise ConfigError(f"{where}: row {short} has {len(rows[short - 1])} characters, the longest {side} "
+                          f"(every row of a maze, border wall included, is {side} long)")
+    flat = "".join(rows).replace("o", " ")
     bad = sorted(set(flat) - set("# SG"))
     if bad:
         raise ConfigError(f"{where}: unexpected character {bad[0]!r} in the maze (expected '#', ' ', 'S', 'G')")
+    for mark, name in (("S", "start"), ("G", "goal")):
+        if flat.count(mark) != 1:
+            raise ConfigError(f"{where}: {flat.count(mark)} {mark}'s in the maze, expected exactly one (the {name})")
     return np.array([maze.CHARSET.index(ch) + 1 for ch in flat], dtype=np.int64)
 
 
@@ -104,7 +111,8 @@ def parse_sudoku_text(text: str, where: str) -> np.ndarray:
         raise ConfigError(f"{where}: expected 81 characters (digits 1-9, 0 or . for blanks), got {len(text)}")
     bad = sorted(set(text) - set("0123456789."))
     if bad:
-        raise ConfigError(f"{where}: unexpected character {bad[0]!r} (expected digits 1-9, 0 or . for blanks)")
+        kind = "a non-ASCII digit; " if bad[0].isdigit() else ""
+        raise ConfigError(f"{where}: unexpected character {bad[0]!r} ({kind}expected digits 1-9, 0 or . for blanks)")
     digits = np.array([0 if ch == "." else int(ch) for ch in text])
     for unit in sudoku.UNIT_CELLS:
         given = digits[unit][digits[unit] > 0]

@@ -34,7 +34,7 @@ from models.losses import ACTLossHead
 from utils.errors import CheckpointError, first_line
 from utils.files import check_archive, file_sha256
 from utils.hub import resolve_checkpoint_path
-from utils.run_folder import CHECKPOINT_FORMAT
+from utils.run_folder import CHECKPOINT_FORMAT, check_shard
 
 
 def safe_load(path: str, map_location="cpu") -> dict:
@@ -45,7 +45,8 @@ def safe_load(path: str, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
+        check_shard(path)  # names the refused global, or the damage, when that is why
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e).split('. ')[0]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
@@ -214,7 +215,7 @@ def _eval_weights(path: str, ckpt: dict) -> tuple[dict, set | None]:
     return {**weights, **shadow}, set(shadow)  # buffers (TRM's H_init/L_init) are not in the shadow
 
 
-def _check_fits(path: str, model: torch.nn.Module, weights: dict, shadow_names: set | None) -> None:
+def check_fits(path: str, model: torch.nn.Module, weights: dict, shadow_names: set | None) -> None:
     """One line naming the first parameter whose name or shape does not fit the architecture."""
     expected = model.state_dict()
     for name, tensor in expected.items():
@@ -272,7 +273,7 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
             skeleton = ACTLossHead(RecurrentReasoner(config), loss_type)
     except (ConfigError, ValueError) as e:
         raise CheckpointError(f"{path}: {first_line(e)}") from None
-    _check_fits(path, skeleton, weights, shadow_names)
+    check_fits(path, skeleton, weights, shadow_names)
     model = ACTLossHead(RecurrentReasoner(config), loss_type)
     model.load_state_dict(weights, strict=True)
     model.eval()

@@ -11,6 +11,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def interpreter_env() -> dict:
+    """os.environ with this interpreter's folder first on PATH, so that a script that calls `python3` runs the
+    interpreter running the tests (`.venv/bin/python -m pytest` without the venv activated included)."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
 def start(script: str, *args: str, nproc: int = 1, env_extra: dict | None = None) -> subprocess.Popen:
     """`python script args` (nproc 1) or `torchrun --standalone --nproc-per-node N script args`, started from the
     repository root with one thread per process, in a process group of its own (see kill_group)."""

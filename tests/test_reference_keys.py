@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 import evaluate
+import launch
 import pretrain
 from config import compose_eval_config, compose_train_config
 from tests.data_fixtures import sudoku_dir  # noqa: F401 (fixture)
@@ -155,7 +156,7 @@ def test_their_documented_evaluate_command(their_run, sudoku_dir, tmp_path, caps
 
 
 def eval_sh(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**launch.interpreter_env(), "OMP_NUM_THREADS": "1"}
     return subprocess.run(["bash", os.path.join(ROOT, "scripts", "eval.sh"), *args], cwd="/", env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -181,7 +182,7 @@ def test_eval_sweep_sh_runs_the_paper_grid_preset(their_run, sudoku_dir, tmp_pat
     out = tmp_path / "out"
     done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "eval_sweep.sh"), str(their_run / "step_2.pt"),
                            f"data_path={sudoku_dir}", f"output_dir={out}", "depths=[1,2]", "breadths=[1,2]",
-                           "device=cpu", "plots=false", "progress=false"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           "device=cpu", "plots=false", "progress=false"], env={**launch.interpreter_env(), "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

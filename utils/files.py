@@ -3,15 +3,17 @@
 A kill leaves at most a `.tmp-*` file behind, never a torn target; `remove_stale_temp_files`
 clears those once the folder's one writer holds it. Files get the mode any new file gets here
 (0666 less the umask), so others on shared storage can read checkpoints and results.
+Also here: the checks a run makes on its files before trusting them (CRCs, the globals a pickle names),
+and the flock that keeps a second writer out of an output folder.
 """
+import fcntl
 import glob
 import hashlib
 import io
 import os
+import pickle
 import tempfile
 import zipfile
-
-import torch
 
 from utils.errors import CheckpointError, RunError, first_line
 
@@ -45,8 +47,64 @@ def atomic_write(path: str, data: bytes | str) -> None:
             os.remove(tmp)
 
 
+def check_writable(folder: str, key: str) -> None:
+    """Create `folder` and write (then remove) a temp file in it, so that a run whose outputs could not be saved
+    (a read-only mount, no permission, a full disk) stops at start with one line naming `key`."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise RunError(f"{key}: cannot write in {folder} ({e.strerror or e}); choose another {key}") from None
+
+
+def try_flock(path: str) -> int | None:
+    """An exclusive flock on a file or folder (no file is made): its fd, or None while another holder has it. On a
+    file system without flock (some network mounts) the fd comes back unlocked: there is no guard there."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        pass
+    return fd
+
+
+_HELD = {}  # real path -> fd: the output folders this process writes (hold_folder)
+
+
+def hold_folder(folder: str, key: str) -> None:
+    """Keep other processes out of an output folder (the one named by `key`) until release_folders; a link to a
+    folder is that folder. The kernel drops the lock when this process ends, however it ends."""
+    real = os.path.realpath(folder)
+    if real in _HELD:
+        return
+    fd = try_flock(real)
+    if fd is None:
+        link = "" if real == os.path.abspath(folder) else f" (a link to {real})"
+        raise RunError(f"{key}: {folder}{link} is in use by another process; two runs cannot write one folder "
+                       f"(choose another {key})")
+    _HELD[real] = fd
+
+
+def release_folders() -> None:
+    for fd in _HELD.values():
+        os.close(fd)
+    _HELD.clear()
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError no caller expected (a file that could not be read or written)."""
+    name = e.filename if e.filename is not None else "a file"
+    return f"{name}: {e.strerror or first_line(e)}"
+
+
 def atomic_save(obj, path: str) -> None:
     """torch.save through atomic_write."""
+    import torch  # here, so that the dataset builders, which use this module's locks, do not load torch
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, buffer.getbuffer())
@@ -73,6 +131,63 @@ def check_archive(path: str) -> None:
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)}); is the file complete?") from None
     if damaged:
         raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
+
+
+class _Stub:
+    """Stands for every object a scanned pickle builds, so that scanning runs no code the pickle names."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Stub()
+
+    def __setitem__(self, key, value):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Scanner(pickle.Unpickler):
+    def __init__(self, file, allowed):
+        super().__init__(file)
+        self.allowed = allowed
+
+    def find_class(self, module, name):
+        if not self.allowed(f"{module}.{name}"):
+            raise _Refused(f"{module}.{name}")
+        return _Stub
+
+    def persistent_load(self, pid):
+        return _Stub()
+
+
+def refused_global(path: str, allowed) -> str | None:
+    """The first global (class or function) the pickle of a torch zip checkpoint names for which `allowed(name)`
+    is false, or None; nothing the pickle names is imported or run. Call after check_archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return None
+            with archive.open(name) as f:
+                _Scanner(f, allowed).load()
+    except _Refused as e:
+        return str(e)
+    except Exception:  # a pickle the scan cannot follow; the loader that reads it decides
+        return None
+    return None
 
 
 def file_sha256(path: str) -> str:

@@ -12,6 +12,7 @@ one other busy process ran up to 60x slower than 1). So on CPU, unless OMP_NUM_T
 threads=N says otherwise, a process takes the cores idle at its start (`choose_threads`).
 """
 import os
+import resource
 import signal
 import threading
 import time
@@ -180,6 +181,11 @@ def setup_processes(requested_device: str | None, requested_threads: int | None 
     device = choose_device(requested_device, local_rank, local_world_size, world_size, gpus)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if device.type == "cpu" and cpus and local_world_size > cpus:
+        raise ProcessSetupError(f"{local_world_size} processes on this node but only {cpus} CPU(s) for them: use "
+                                f"--nproc-per-node {cpus} or fewer (a process without a core of its own stalls every "
+                                f"step of the others)")
     threads = choose_threads(requested_threads, device, local_world_size)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -192,15 +198,33 @@ def setup_processes(requested_device: str | None, requested_threads: int | None 
     return Processes(rank, world_size, local_rank, device, torch.get_num_threads())
 
 
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free for this process's tensors: the GPU's free memory, or the machine's MemAvailable (None if unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A `key: N kB` line of a /proc file, in bytes (None where there is none)."""
     try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        with open(path) as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
     except (OSError, StopIteration, ValueError):
         return None
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for this process's tensors (None if unknown): the GPU's free memory, or on CPU the least of the
+    machine's MemAvailable, what the cgroup's memory.max leaves and what `ulimit -v` (RLIMIT_AS) leaves."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    limits = [_proc_bytes("/proc/meminfo", "MemAvailable:")]
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            cap, used = f.read().strip(), int(g.read())
+        if cap != "max":
+            limits.append(max(int(cap) - used, 0))
+    except (OSError, ValueError):
+        pass
+    address_space, mapped = resource.getrlimit(resource.RLIMIT_AS)[0], _proc_bytes("/proc/self/status", "VmSize:")
+    if address_space != resource.RLIM_INFINITY and mapped is not None:
+        limits.append(max(address_space - mapped, 0))
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
 
 
 def broadcast(value, world_size: int):

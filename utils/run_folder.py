@@ -13,8 +13,8 @@ checkpoint a resume may trust and what a released (slim) checkpoint keeps is thi
 One writer per folder: `RunLock` holds an exclusive flock on `<run>/.lock` for the run's life, so a
 second run pointed at the same folder (the same run_name, or two default names from the same
 second) stops at start, naming the holder. The kernel drops the lock when the holder dies, so a
-killed run never leaves the folder locked. (flock works on local disks; on NFS it needs the
-server's lock support.)
+killed run never leaves the folder locked; a link to a run's folder locks that folder. (flock works
+on local disks; on NFS it needs the server's lock support.)
 
 metrics.jsonl is strict JSON, one object per line (non-finite numbers are written as null). A line
 torn by a kill or a full disk can only be the last one; reading drops it with a warning.
@@ -29,7 +29,7 @@ import sys
 import time
 
 from utils.errors import CheckpointError, RunError
-from utils.files import atomic_save, atomic_write, check_archive
+from utils.files import atomic_save, atomic_write, check_archive, refused_global
 
 CHECKPOINT_FORMAT = "eqr/1"
 LOCK_NAME = ".lock"
@@ -88,9 +88,25 @@ def _step_of(name: str) -> int:
     return int(name.removeprefix("step_").removesuffix(".pt"))
 
 
+def checkpoint_global(name: str) -> bool:
+    """Whether a checkpoint of this format may name `name` in its pickle: tensors and their storages only."""
+    module, _, attr = name.rpartition(".")
+    return (name == "collections.OrderedDict" or (module == "torch._utils" and attr.startswith("_rebuild_"))
+            or (module == "torch" and attr.endswith("Storage")))
+
+
+def check_shard(path: str) -> None:
+    """A shard that resume may load: every CRC right, and a pickle that names nothing but tensors."""
+    check_archive(path)
+    refused = refused_global(path, checkpoint_global)
+    if refused:
+        raise CheckpointError(f"{path}: refused to unpickle {refused} (a checkpoint holds tensors and plain "
+                              f"types only); not loaded")
+
+
 def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> str:
-    """`latest`, or, when one of its shards is damaged or missing, the newest older step whose every shard
-    passes its CRC check (with a warning); none intact is an error."""
+    """`latest`, or, when one of its shards is damaged, missing or refused (check_shard), the newest older step
+    whose every shard passes check_shard (with a warning); none intact is an error."""
     newest = _step_of(os.path.basename(latest))
     steps = sorted((_step_of(name) for name in os.listdir(run_dir) if re.fullmatch(r"step_\d+\.pt", name)
                     and _step_of(name) <= newest), reverse=True)
@@ -98,7 +114,7 @@ def intact_checkpoint(run_dir: str, latest: str, world_size: int, rank: int) -> 
     for step in steps:
         try:
             for r in range(world_size):
-                check_archive(os.path.join(run_dir, shard_name(step, r)))
+                check_shard(os.path.join(run_dir, shard_name(step, r)))
         except CheckpointError as e:
             problem = problem or str(e)
             continue
@@ -117,16 +133,25 @@ class RunLock:
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK_NAME)
         self.fd = None
+        self.created = False  # whether acquire made the folder (release removes it if the lock is all it holds)
 
     def acquire(self) -> "RunLock":
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        folder = os.path.dirname(self.path)
+        self.created = not os.path.isdir(folder)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise RunError(f"{folder}: cannot write the run folder ({e.strerror or e}); pass a writable "
+                           f"checkpoint_path (or run from a writable folder)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunError(f"{os.path.dirname(self.path)}: in use by {holder}; two runs cannot share a run folder "
+            real = os.path.realpath(folder)  # a link into another run's folder is that folder
+            where = folder if real == os.path.abspath(folder) else f"{folder} (a link to {real})"
+            raise RunError(f"{where}: in use by {holder}; two runs cannot share a run folder "
                            f"(pass another run_name or checkpoint_path)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
@@ -135,6 +160,10 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            folder = os.path.dirname(self.path)
+            if self.created and os.listdir(folder) == [LOCK_NAME]:  # a run that stopped before writing anything
+                os.remove(self.path)
+                os.rmdir(folder)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -1,5 +1,6 @@
 """Check a config dataclass against its own annotations, so that a mistyped value stops a run at start
 with one line (`lr=abc`, `ema=maybe`) instead of a traceback at the first step that uses it."""
+import math
 import types
 import typing
 from dataclasses import fields
@@ -39,11 +40,13 @@ def _describe(annotation) -> str:
 
 
 def check_range(prefix: str, key: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
-    """`low <= value <= high` (strict where `*_open`); either bound may be None."""
+    """`low <= value <= high` (strict where `*_open`); either bound may be None. NaN and infinities are
+    refused too (a bound of None is open: `lr=inf` is not in (0, inf))."""
+    not_finite = isinstance(value, float) and not math.isfinite(value)
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
+    if not_finite or too_low or too_high:
         left = "(-inf" if low is None else f"{'(' if low_open else '['}{low}"
         right = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
         interval = f"{left}, {right}"
-        raise ConfigError(f"{prefix}{key}: expected a value in {interval}, got {value!r}")
+        raise ConfigError(f"{prefix}{key}: expected a {'finite ' if not_finite else ''}value in {interval}, got {value!r}")
