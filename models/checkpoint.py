@@ -315,7 +315,8 @@ def check_fits(path: str, model: torch.nn.Module, weights: dict, shadow_names: s
     if extra:
         raise CheckpointError(f"{path}: parameter {extra[0]} is not in the architecture")
     if shadow_names is not None:
-        untracked = sorted(n for n, _ in model.named_parameters() if n not in shadow_names)
+        untracked = sorted(n for n, p in model.named_parameters()
+                           if n not in shadow_names and not getattr(p, "sign_sgd", False))
         if untracked:
             raise CheckpointError(f"{path}: ema.shadow lacks parameter {untracked[0]}")
 

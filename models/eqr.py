@@ -225,13 +225,14 @@ TORCH_SAMPLER = TorchSampler()
 class PuzzleEmbedding(nn.Module):
     """A learned vector per puzzle identifier, zero at the start (the official TRM's and HRM's `puzzle_emb`).
 
-    `weights` is a parameter here, trained by the model's optimizer; theirs is a buffer that a
-    sign-SGD optimizer of its own updates (docs/reference_notes.md).
+    Theirs is a buffer outside the EMA, updated by a sign-SGD of its own; here `weights` is a
+    parameter marked `sign_sgd`, which models/optim.py updates the same way and models/ema.py leaves out.
     """
 
     def __init__(self, num_identifiers: int, dim: int):
         super().__init__()
         self.weights = nn.Parameter(torch.zeros(num_identifiers, dim))
+        self.weights.sign_sgd = True
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weights[ids]

@@ -7,7 +7,10 @@ checkpoint reader (models/checkpoint.py) and runs both sides from there:
 - training mode, a few supervision steps on fresh batches (only halted rows take a new puzzle):
   the loss and every parameter's gradient (their puzzle embedding's per-row gradient summed per
   identifier), logits, halting and continue logits, the continue target, halting decisions, step
-  counts and both latents, after every step (weights fixed: no optimizer step);
+  counts and both latents, and the puzzle embedding after their sign-SGD step (theirs:
+  CastedSparseEmbeddingSignSGD_Distributed, ours: models/optim.sign_sgd_step), after every step
+  (the other weights stay fixed: their AdamATan2 is CUDA-only; scripts/compare_reference.py
+  checks ours against its rule);
 - evaluation mode, the same outputs over the same number of steps.
 Exit status 1 on any difference. Needs a checkout of each (their dependencies: pydantic, einops);
 HRM's attention calls the CUDA-only flash_attn, which is replaced here by plain scaled-dot-product
@@ -76,13 +79,15 @@ def import_official(checkout: str, model: str) -> types.SimpleNamespace:
         import importlib
         model_module = importlib.import_module(module_name)
         losses = importlib.import_module("models.losses")
+        sparse = importlib.import_module("models.sparse_embedding")
         cls = getattr(model_module, OFFICIAL[model]["name"].split("@")[1])
     finally:
         for name in [n for n in sys.modules if n.split(".")[0] in REFERENCE_PACKAGES or n in stand_ins]:
             del sys.modules[name]
         sys.path[:] = saved_path
         sys.modules.update(ours)
-    return types.SimpleNamespace(cls=cls, ACTLossHead=losses.ACTLossHead)
+    return types.SimpleNamespace(cls=cls, ACTLossHead=losses.ACTLossHead,
+                                 SignSGD=sparse.CastedSparseEmbeddingSignSGD_Distributed)
 
 
 def their_arch(model: str, case: str, dtype: str) -> dict:
@@ -129,6 +134,7 @@ def make_batches(steps: int, seq_len: int, vocab: int) -> list[dict]:
 
 
 OUTPUTS = ("logits", "q_halt_logits", "q_continue_logits", "target_q_continue")
+EMBEDDING_LR, EMBEDDING_WEIGHT_DECAY = 1e-2, 0.1
 
 
 def record(z_H, z_L, halted, steps, outputs: dict) -> dict:
@@ -140,7 +146,7 @@ def grads(head) -> dict:
     return {f"grad/{n}": p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
 
 
-def run_theirs(head, batches: list[dict], training: bool, seed: int) -> list[dict]:
+def run_theirs(official, head, batches: list[dict], training: bool, seed: int) -> list[dict]:
     records = []
     continue_head = not getattr(head.model.config, "no_ACT_continue", False)  # TRM: q_continue computed, never used
     hook = head.model.register_forward_hook(lambda module, args, out: records[-1].update(record(
@@ -148,6 +154,7 @@ def run_theirs(head, batches: list[dict], training: bool, seed: int) -> list[dic
         {k: v for k, v in out[1].items() if continue_head or k != "q_continue_logits"})))
     head.train(training)
     emb = head.model.inner.puzzle_emb
+    sign_sgd = official.SignSGD(emb.buffers(), lr=EMBEDDING_LR, weight_decay=EMBEDDING_WEIGHT_DECAY, world_size=1)
     torch.manual_seed(seed)
     carry = None
     for batch in batches:
@@ -162,6 +169,8 @@ def run_theirs(head, batches: list[dict], training: bool, seed: int) -> list[dic
             # their sparse embedding's gradient is per batch row: summed per identifier it is the table's
             per_id = torch.zeros_like(emb.weights).index_add_(0, emb.local_ids.long(), emb.local_weights.grad)
             records[-1]["grad/model.inner.puzzle_emb.weights"] = per_id
+            sign_sgd.step()
+            records[-1]["weight/model.inner.puzzle_emb.weights"] = emb.weights.clone()
             head.zero_grad(set_to_none=True)
             emb.local_weights.grad = None
     hook.remove()
@@ -169,6 +178,8 @@ def run_theirs(head, batches: list[dict], training: bool, seed: int) -> list[dic
 
 
 def run_ours(head, batches: list[dict], training: bool, seed: int) -> list[dict]:
+    from models.optim import sign_sgd_step
+
     records = []
     head.train(training)
     torch.manual_seed(seed)
@@ -182,6 +193,10 @@ def run_ours(head, batches: list[dict], training: bool, seed: int) -> list[dict]
         if training:
             loss.backward()
             records[-1].update(grads(head))
+            weights = head.model.inner.puzzle_emb.weights
+            with torch.no_grad():
+                sign_sgd_step([weights], EMBEDDING_LR, EMBEDDING_WEIGHT_DECAY)
+            records[-1]["weight/model.inner.puzzle_emb.weights"] = weights.detach().clone()
             head.zero_grad(set_to_none=True)
     return records
 
@@ -225,7 +240,7 @@ def main():
                     theirs, ours = build_pair(official[model], model, case, dtype, folder)
                 batches = make_batches(args.steps, seq_len, vocab)
                 for mode, training in (("train", True), ("eval", False)):
-                    theirs_run = run_theirs(theirs, batches, training, seed=5)
+                    theirs_run = run_theirs(official[model], theirs, batches, training, seed=5)
                     ours_run = run_ours(ours, batches, training, seed=5)
                     result = compare_runs(theirs_run, ours_run)
                     cases, differing = cases + 1, differing + (result is not None)

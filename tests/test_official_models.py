@@ -219,3 +219,28 @@ def test_cpu_preset_trains_and_evaluates_in_the_grid_from_fresh_starts(name, sud
     rows = {(r["depth"], r["breadth"], r["rule"]): r for r in results["rows"]}
     # B = 3 from fresh draws: its trajectories are not three copies of the fixed-latent one
     assert rows[(3, 3, "all_traj")]["token_correct"] != 3 * rows[(3, 1, "traj1")]["token_correct"]
+
+
+def test_the_puzzle_embedding_takes_their_sign_sgd_and_stays_out_of_the_ema():
+    from models.ema import EMA
+    from models.optim import make_optimizer
+
+    config = ModelConfig(seq_len=9, vocab_size=5, hidden_size=16, num_heads=2, L_layers=1, H_cycles=1, L_cycles=1,
+                         forward_dtype="float32", puzzle_emb_ndim=16, num_puzzle_identifiers=3,
+                         lambda_=1.0, noise_scale=0.0, random_init=False)
+    torch.manual_seed(0)
+    head = ACTLossHead(RecurrentReasoner(config))
+    optimizer = make_optimizer(head.parameters(), lr=0.5, betas=(0.9, 0.95), weight_decay=0.2)
+    ema = EMA(head, 0.9)
+    emb = head.model.inner.puzzle_emb.weights
+    assert "model.inner.puzzle_emb.weights" not in ema.shadow and len(ema.shadow) == len(list(head.parameters())) - 1
+    with torch.no_grad():
+        emb.fill_(1.0)
+    batch = {"inputs": torch.randint(1, 5, (4, 9)), "labels": torch.randint(1, 5, (4, 9)),
+             "puzzle_identifiers": torch.tensor([0, 2, 2, 0], dtype=torch.int32)}
+    _, loss, _, _ = head(head.initial_carry(batch), batch)
+    loss.backward()
+    grad = emb.grad.clone()
+    optimizer.step()
+    assert torch.equal(emb[1], torch.ones(16))  # no row of the batch used identifier 1: neither decayed nor moved
+    assert torch.equal(emb[[0, 2]], (1 - 0.5 * 0.2) - 0.5 * torch.sign(grad[[0, 2]]))
