@@ -33,10 +33,10 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
-from compare_reference import REFERENCE_PACKAGES, compare_runs  # noqa: E402
+from compare_reference import REFERENCE_PACKAGES, compare_runs, describe  # noqa: E402
 
 BATCH_SIZE, NUM_IDS = 4, 3
-ARCH = dict(H_cycles=2, L_cycles=2, hidden_size=32, expansion=4, num_heads=4, halt_max_steps=3,
+ARCH = dict(H_cycles=2, L_cycles=2, hidden_size=32, expansion=4, num_heads=4, halt_max_steps=4,  # as there
             halt_exploration_prob=0.5, rms_norm_eps=1e-5, rope_theta=10000.0)
 # Their code, their model class and cases: (seq_len, vocab_size, arch overrides).
 OFFICIAL = {
@@ -199,16 +199,6 @@ def run_ours(head, batches: list[dict], training: bool, seed: int) -> list[dict]
             records[-1]["weight/model.inner.puzzle_emb.weights"] = weights.detach().clone()
             head.zero_grad(set_to_none=True)
     return records
-
-
-def describe(case: str, result, records: list[dict]) -> str:
-    q_halts = sum(int((r["halted"] & (r["steps"] < ARCH["halt_max_steps"])).sum()) for r in records)
-    if result is None:
-        return (f"{case}: identical, {len(records)} steps x {len(records[0])} tensors "
-                f"({q_halts} rows halted before halt_max_steps)")
-    (step, name, d), (big_step, big_name, big_d) = result
-    return (f"{case}: DIFFERS, first at step {step} in {name} (max |d| {d:.3g}); "
-            f"largest {big_d:.3g} in {big_name} at step {big_step}")
 
 
 def main():
