@@ -333,8 +333,10 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
     path = resolve_checkpoint_path(path_or_uri)
     ckpt, how = read_checkpoint(path, trust_checkpoint)
     official = "model" not in ckpt and is_official_state(ckpt)
-    if official:
-        ckpt = {"model": ckpt, "config": official_config(path_or_uri, path)}
+    if official:  # their step is in the file name only (step_N)
+        name = os.path.basename(path_or_uri)
+        step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+        ckpt = {"model": ckpt, "config": official_config(path_or_uri, path), "step": step}
     if "model" not in ckpt:
         raise CheckpointError(f"{path}: no 'model' entry (keys: {', '.join(map(str, list(ckpt)[:12]))}); "
                               f"not a training checkpoint")

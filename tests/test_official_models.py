@@ -85,7 +85,7 @@ def test_official_trm_file_loads_with_its_defaults_and_seq_len_off_the_weights(t
     path, state = write_official(str(tmp_path / "trm"), TRM_SHAPES, TRM_ARCH)
     head, info = load_for_eval(path)
     config = head.model.config
-    assert info["format"] == "official" and info["read_with"] == "weights_only"
+    assert info["format"] == "official" and info["read_with"] == "weights_only" and info["step"] == 100
     assert (config.seq_len, config.vocab_size, config.prefix_len, config.latent_len) == (16, 11, 16, 32)
     assert (config.lambda_, config.noise_scale, config.random_init, config.act_continue) == (1.0, 0.0, False, False)
     assert config.H_level_layers == 0 and info["train_config"]["lr"] == 1e-4
@@ -111,7 +111,7 @@ def test_hrm_file_loads_from_hf_offline_with_its_config_beside(tmp_path, monkeyp
     assert (config.H_level_layers, config.L_layers, config.one_step_grad, config.act_continue) == (2, 1, True, True)
     assert (config.puzzle_emb_ndim, config.prefix_len, config.num_puzzle_identifiers) == (32, 1, 3)
     assert config.forward_dtype == "bfloat16" and config.blocks_per_step == 2 * (2 * 1 + 2)
-    assert all(torch.equal(head.state_dict()[k], v) for k, v in state.items())
+    assert all(torch.equal(head.state_dict()[k], v) for k, v in state.items()) and info["step"] is None
 
 
 def error_line(path, **kwargs) -> str:
