@@ -248,3 +248,23 @@ def test_the_puzzle_embedding_takes_their_sign_sgd_and_stays_out_of_the_ema():
     optimizer.step()
     assert torch.equal(emb[1], torch.ones(16))  # no row of the batch used identifier 1: neither decayed nor moved
     assert torch.equal(emb[[0, 2]], (1 - 0.5 * 0.2) - 0.5 * torch.sign(grad[[0, 2]]))
+
+
+def test_hrm_resumes_bit_exactly(sudoku_path, tmp_path):
+    """The optimizer's sign-SGD group and the continue head's carry come back from a checkpoint."""
+    def train(run, steps, *extra):
+        assert pretrain.main(["--config-name", "train/hrm_sudoku_cpu", f"data_path={sudoku_path}", f"checkpoint_path={run}",
+                              "run_name=r", "wandb_mode=disabled", "threads=1", f"max_steps={steps}", "global_batch_size=8",
+                              "eval_interval_steps=null", "log_interval_steps=1", "checkpoint_interval_steps=2",
+                              "lr_warmup_steps=1", "lr_min_ratio=1.0", "arch.forward_dtype=float32",
+                              "arch.hidden_size=32", "arch.num_heads=2", *extra]) == 0
+        with open(os.path.join(run, "metrics.jsonl")) as f:
+            return [json.loads(line) for line in f if "train/lm_loss" in line]
+
+    whole = train(tmp_path / "a", 4)
+    train(tmp_path / "b", 2)
+    resumed = train(tmp_path / "b", 4, "resume=true")
+    key = lambda m: (m["step"], m["train/lm_loss"], m["train/q_halt_loss"])
+    assert [key(m) for m in resumed] == [key(m) for m in whole] and len(whole) == 4
+    a, b = (torch.load(run / "step_4.pt", weights_only=True)["model"] for run in (tmp_path / "a", tmp_path / "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and a["model.inner.puzzle_emb.weights"].abs().sum() > 0
