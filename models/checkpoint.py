@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner
+from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner, prefix_positions
 from models.losses import ACTLossHead
 from utils.errors import CheckpointError, first_line
 from utils.files import check_archive, file_sha256
@@ -265,12 +265,8 @@ def _official_arch(path: str, arch: dict, weights: dict, data_seq_len: int | Non
     fields["vocab_size"] = weights[EMBEDDING].shape[0]
     if PUZZLE_EMB in weights:
         fields["num_puzzle_identifiers"] = weights[PUZZLE_EMB].shape[0]
-    try:
-        prefix = ModelConfig(seq_len=1, vocab_size=1, **{k: fields[k] for k in ("puzzle_emb_ndim", "puzzle_emb_len",
-                                                                                 "hidden_size") if k in fields},
-                             num_heads=1, pos_encodings="none").prefix_len
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: {first_line(e)}") from None
+    sizes = [fields.get(k, 0) for k in ("puzzle_emb_ndim", "puzzle_emb_len", "hidden_size")]
+    prefix = prefix_positions(*sizes) if all(isinstance(n, int) and n >= 0 for n in sizes) and sizes[2] else 0
     if data_seq_len is not None:
         fields["seq_len"] = data_seq_len
     elif fields.get("mlp_t") and TOKEN_MLP in weights:

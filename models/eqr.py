@@ -33,6 +33,13 @@ REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continu
                        "act_inference", "halt_threshold", "halt_confirm_steps", "halt_confirm_mode", "batch_size"}
 
 
+def prefix_positions(puzzle_emb_ndim: int, puzzle_emb_len: int, hidden_size: int) -> int:
+    """Positions a puzzle embedding of puzzle_emb_ndim takes: puzzle_emb_len, or by default as few as hold it."""
+    if puzzle_emb_ndim == 0:
+        return 0
+    return puzzle_emb_len or -(puzzle_emb_ndim // -hidden_size)
+
+
 @dataclass
 class ModelConfig:
     seq_len: int
@@ -128,9 +135,7 @@ class ModelConfig:
     @property
     def prefix_len(self) -> int:
         """Puzzle-embedding positions before the tokens (their logits are dropped)."""
-        if self.puzzle_emb_ndim == 0:
-            return 0
-        return self.puzzle_emb_len or -(self.puzzle_emb_ndim // -self.hidden_size)
+        return prefix_positions(self.puzzle_emb_ndim, self.puzzle_emb_len, self.hidden_size)
 
     @property
     def latent_len(self) -> int:

@@ -126,6 +126,11 @@ def test_official_files_that_do_not_fit_fail_with_one_line(tmp_path):
     os.remove(os.path.join(tmp_path, "a", "all_config.yaml"))
     assert "needs its all_config.yaml beside it" in error_line(path)
 
+    path, _ = write_official(str(tmp_path / "y"), TRM_SHAPES, TRM_ARCH)
+    with open(os.path.join(tmp_path, "y", "all_config.yaml"), "w") as f:
+        f.write("arch: [unclosed\n")
+    assert "all_config.yaml: not readable YAML" in error_line(path)
+
     path, _ = write_official(str(tmp_path / "b"), TRM_SHAPES, {**TRM_ARCH, "name": "recursive_reasoning.trm_singlez@X"})
     assert "is not a model this code builds" in error_line(path)
 
