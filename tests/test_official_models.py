@@ -13,10 +13,10 @@ import yaml
 
 import evaluate
 import pretrain
-from dataset import build_sudoku_dataset
 from models.checkpoint import load_for_eval
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
+from tests.data_fixtures import sudoku_dir  # noqa: F401 (fixture)
 from tests.test_hub import add_to_hub_cache
 from utils.errors import CheckpointError
 
@@ -200,18 +200,10 @@ def test_one_step_gradient_changes_gradients_only_and_the_continue_head_adds_its
     assert metrics["q_continue_loss"] > 0 and grads["model.inner.puzzle_emb.weights"].abs().sum() > 0
 
 
-@pytest.fixture(scope="module")
-def sudoku_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data") / "sudoku")
-    build_sudoku_dataset.main(["--generate", "24", "--generate-test", "8", "--num-aug", "1", "--min-givens", "50",
-                               "--output-dir", path])
-    return path
-
-
 @pytest.mark.parametrize("name", ["hrm_sudoku_cpu", "trm_official_sudoku_cpu"])
-def test_cpu_preset_trains_and_evaluates_in_the_grid_from_fresh_starts(name, sudoku_path, tmp_path):
+def test_cpu_preset_trains_and_evaluates_in_the_grid_from_fresh_starts(name, sudoku_dir, tmp_path):
     run = tmp_path / "run"
-    assert pretrain.main(["--config-name", f"train/{name}", f"data_path={sudoku_path}", f"checkpoint_path={run}",
+    assert pretrain.main(["--config-name", f"train/{name}", f"data_path={sudoku_dir}", f"checkpoint_path={run}",
                           "wandb_mode=disabled", "threads=1", "max_steps=3", "global_batch_size=8",
                           "eval_batch_size=8", "eval_max_examples=8", "eval_interval_steps=3", "log_interval_steps=1",
                           "arch.forward_dtype=float32", "arch.hidden_size=32", "arch.num_heads=2",
@@ -224,7 +216,7 @@ def test_cpu_preset_trains_and_evaluates_in_the_grid_from_fresh_starts(name, sud
                           "global_batch_size=4", "threads=1", "progress=false", "plots=false"]) == 0
     with open(out / "results.json") as f:
         results = json.load(f)
-    assert results["grid"]["fresh_init_std"] == 1.0 and results["data"]["puzzles"] == 8
+    assert results["grid"]["fresh_init_std"] == 1.0 and results["data"]["puzzles"] == 13
     rows = {(r["depth"], r["breadth"], r["rule"]): r for r in results["rows"]}
     # B = 3 from fresh draws: its trajectories are not three copies of the fixed-latent one
     assert rows[(3, 3, "all_traj")]["token_correct"] != 3 * rows[(3, 1, "traj1")]["token_correct"]
@@ -255,10 +247,10 @@ def test_the_puzzle_embedding_takes_their_sign_sgd_and_stays_out_of_the_ema():
     assert torch.equal(emb[[0, 2]], (1 - 0.5 * 0.2) - 0.5 * torch.sign(grad[[0, 2]]))
 
 
-def test_hrm_resumes_bit_exactly(sudoku_path, tmp_path):
+def test_hrm_resumes_bit_exactly(sudoku_dir, tmp_path):
     """The optimizer's sign-SGD group and the continue head's carry come back from a checkpoint."""
     def train(run, steps, *extra):
-        assert pretrain.main(["--config-name", "train/hrm_sudoku_cpu", f"data_path={sudoku_path}", f"checkpoint_path={run}",
+        assert pretrain.main(["--config-name", "train/hrm_sudoku_cpu", f"data_path={sudoku_dir}", f"checkpoint_path={run}",
                               "run_name=r", "wandb_mode=disabled", "threads=1", f"max_steps={steps}", "global_batch_size=8",
                               "eval_interval_steps=null", "log_interval_steps=1", "checkpoint_interval_steps=2",
                               "lr_warmup_steps=1", "lr_min_ratio=1.0", "arch.forward_dtype=float32",
