@@ -21,6 +21,7 @@ attention, so the attention kernel itself is not what is compared:
 tests/test_compare_official.py runs it when TRM_CHECKOUT / HRM_CHECKOUT name the checkouts.
 """
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -76,7 +77,6 @@ def import_official(checkout: str, model: str) -> types.SimpleNamespace:
     # their `models` has no __init__.py: a namespace package, which our regular one would shadow
     sys.path[:] = [checkout] + [p for p in sys.path if os.path.abspath(p or os.curdir) != ROOT]
     try:
-        import importlib
         model_module = importlib.import_module(module_name)
         losses = importlib.import_module("models.losses")
         sparse = importlib.import_module("models.sparse_embedding")
