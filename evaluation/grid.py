@@ -238,7 +238,7 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     inputs, row_labels, row_labelled, row_n_labels = map(per_row, (batch["inputs"], labels, labelled, n_labels))
     rows = inputs.shape[0]
 
-    shape = (rows, config.seq_len, config.hidden_size)
+    shape = (rows, config.latent_len, config.hidden_size)
     z_H = torch.zeros(shape, dtype=config.dtype, device=device)
     z_L = torch.zeros(shape, dtype=config.dtype, device=device)
     fresh = torch.arange(rows, device=device) < L * Bm

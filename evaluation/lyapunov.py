@@ -97,7 +97,7 @@ def trace_batch(inner, batch: dict, depth: int, k: int, breadth: int, sampler, s
     inputs = batch["inputs"].repeat_interleave(breadth, 0)
     labels = batch["labels"].repeat_interleave(breadth, 0)
     labelled = labels != IGNORE_LABEL_ID
-    shape = (rows, config.seq_len, config.hidden_size)
+    shape = (rows, config.latent_len, config.hidden_size)
     z_H = torch.zeros(shape, dtype=config.dtype, device=device)
     z_L = torch.zeros(shape, dtype=config.dtype, device=device)
     inner.reset_latents(z_H, z_L, torch.ones(rows, dtype=torch.bool, device=device), sampler, fresh_std)

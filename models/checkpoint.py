@@ -17,6 +17,11 @@ vocab_size. They also hold numpy RNG state and a pickled `carry` dataclass of th
 authors' modules, so they are read with RestrictedUnpickler: tensors, plain containers,
 numpy arrays and those known state records (rebuilt as SimpleNamespace) and nothing else.
 
+The official TRM's and HRM's files (github SamsungSAILMontreal/TinyRecursiveModels, sapientinc/HRM;
+e.g. `step_N` or `checkpoint`) are a bare state dict of the compiled loss head (names
+"_orig_mod.model.inner.*", plain tensors: read with weights_only=True), the training config in
+`all_config.yaml` beside them; with EMA on, the file already holds the EMA weights.
+
 Any path may be an `hf://OWNER/REPO[@REVISION]/path/in/repo.pth` URI; it is fetched
 through the Hugging Face cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honoured).
 """
@@ -28,12 +33,13 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+import yaml
 
-from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner
+from models.eqr import REFERENCE_ONLY_KEYS, ConfigError, ModelConfig, RecurrentReasoner, prefix_positions
 from models.losses import ACTLossHead
 from utils.errors import CheckpointError, first_line
 from utils.files import check_archive, file_sha256
-from utils.hub import resolve_checkpoint_path
+from utils.hub import HF_SCHEME, resolve_checkpoint_path
 from utils.run_folder import CHECKPOINT_FORMAT, check_shard
 
 
@@ -185,7 +191,8 @@ def _reference_arch(path: str, arch: dict, weights: dict, data_seq_len: int | No
         raise CheckpointError(f"{path}: config.arch.name {arch.get('name')!r} is neither an EqR nor a TRM model")
     if EMBEDDING not in weights:
         raise CheckpointError(f"{path}: no parameter {EMBEDDING}, so vocab_size is unknown")
-    fields = {**arch, **(REFERENCE_TRM if family == "trm" else {})}
+    fields = {k: v for k, v in arch.items() if k not in OFFICIAL_ONLY_KEYS}  # options their models lack
+    fields.update(REFERENCE_TRM if family == "trm" else {})
     fields.setdefault("vocab_size", weights[EMBEDDING].shape[0])
     if "seq_len" not in fields:
         if data_seq_len is not None:
@@ -195,6 +202,80 @@ def _reference_arch(path: str, arch: dict, weights: dict, data_seq_len: int | No
         else:
             raise CheckpointError(f"{path}: the checkpoint does not record seq_len; pass the dataset (data_path) "
                                   f"it was trained on so seq_len can be read from it")
+    return fields
+
+
+# ---------------------------------------------------------------------------------------
+# The official TRM's and HRM's files
+
+OFFICIAL_CONFIG = "all_config.yaml"
+# Options of ours that the authors' EqR and TRM lack: dropped from their arch.
+OFFICIAL_ONLY_KEYS = {"puzzle_emb_ndim", "puzzle_emb_len", "num_puzzle_identifiers", "H_level_layers",
+                      "one_step_grad", "act_continue"}
+# Their model class -> our fields that make it, and the defaults of their config class.
+OFFICIAL_MODELS = {
+    "TinyRecursiveReasoningModel_ACTV1": dict(fixed=REFERENCE_TRM, defaults=dict(puzzle_emb_len=16, no_ACT_continue=True)),
+    "HierarchicalReasoningModel_ACTV1": dict(fixed=dict(REFERENCE_TRM, one_step_grad=True, no_ACT_continue=False,
+                                                        puzzle_emb_len=0, mlp_t=False), defaults={}),
+}
+PUZZLE_EMB = "model.inner.puzzle_emb.weights"
+
+
+def is_official_state(ckpt: dict) -> bool:
+    """A bare state dict of a loss head (the official TRM's / HRM's layout), not a training-state dict."""
+    return bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values()) and \
+        any(k.startswith("model.inner.") for k in strip_orig_mod(ckpt))
+
+
+def official_config(path_or_uri: str, path: str) -> dict:
+    """The all_config.yaml beside an official checkpoint (fetched beside it for hf://) as a dict."""
+    if path_or_uri.startswith(HF_SCHEME):
+        beside = resolve_checkpoint_path(path_or_uri.rsplit("/", 1)[0] + "/" + OFFICIAL_CONFIG)
+    else:
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), OFFICIAL_CONFIG)
+    if not os.path.isfile(beside):
+        raise CheckpointError(f"{path}: a bare state dict (the official TRM/HRM layout) needs its {OFFICIAL_CONFIG} "
+                              f"beside it, and {beside} does not exist")
+    try:
+        with open(beside) as f:
+            config = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{beside}: not readable YAML ({first_line(e)})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
+        raise CheckpointError(f"{beside}: expected a mapping with an 'arch' entry")
+    return config
+
+
+def _official_arch(path: str, arch: dict, weights: dict, data_seq_len: int | None) -> dict:
+    """ModelConfig fields for an official TRM / HRM file: their arch keys, their class's defaults, sizes off the weights."""
+    model_class = str(arch.get("name", "")).split("@")[-1]
+    if model_class not in OFFICIAL_MODELS:
+        raise CheckpointError(f"{path}: config.arch.name {arch.get('name')!r} is not a model this code builds "
+                              f"(known: {', '.join(OFFICIAL_MODELS)})")
+    if EMBEDDING not in weights:
+        raise CheckpointError(f"{path}: no parameter {EMBEDDING}, so vocab_size is unknown")
+    model = OFFICIAL_MODELS[model_class]
+    fields = {**model["defaults"], **{k: v for k, v in arch.items() if k not in ("seq_len", "vocab_size")},
+              **model["fixed"]}
+    if fields.get("puzzle_emb_ndim") == "${.hidden_size}":  # an unresolved interpolation of their arch yaml
+        fields["puzzle_emb_ndim"] = fields.get("hidden_size")
+    if model_class.startswith("Hierarchical"):
+        fields["H_level_layers"] = fields.get("H_layers")
+    fields["act_continue"] = not fields.pop("no_ACT_continue")
+    fields["vocab_size"] = weights[EMBEDDING].shape[0]
+    if PUZZLE_EMB in weights:
+        fields["num_puzzle_identifiers"] = weights[PUZZLE_EMB].shape[0]
+    sizes = [fields.get(k, 0) for k in ("puzzle_emb_ndim", "puzzle_emb_len", "hidden_size")]
+    prefix = prefix_positions(*sizes) if all(isinstance(n, int) and n >= 0 for n in sizes) and sizes[2] else 0
+    if data_seq_len is not None:
+        fields["seq_len"] = data_seq_len
+    elif fields.get("mlp_t") and TOKEN_MLP in weights:
+        fields["seq_len"] = weights[TOKEN_MLP].shape[-1] - prefix
+    elif "model.inner.embed_pos.embedding_weight" in weights:
+        fields["seq_len"] = weights["model.inner.embed_pos.embedding_weight"].shape[0] - prefix
+    else:
+        raise CheckpointError(f"{path}: the checkpoint does not record seq_len; pass the dataset (data_path) "
+                              f"it was trained on so seq_len can be read from it")
     return fields
 
 
@@ -230,7 +311,8 @@ def check_fits(path: str, model: torch.nn.Module, weights: dict, shadow_names: s
     if extra:
         raise CheckpointError(f"{path}: parameter {extra[0]} is not in the architecture")
     if shadow_names is not None:
-        untracked = sorted(n for n, _ in model.named_parameters() if n not in shadow_names)
+        untracked = sorted(n for n, p in model.named_parameters()
+                           if n not in shadow_names and not getattr(p, "sign_sgd", False))
         if untracked:
             raise CheckpointError(f"{path}: ema.shadow lacks parameter {untracked[0]}")
 
@@ -246,6 +328,11 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
     """
     path = resolve_checkpoint_path(path_or_uri)
     ckpt, how = read_checkpoint(path, trust_checkpoint)
+    official = "model" not in ckpt and is_official_state(ckpt)
+    if official:  # their step is in the file name only (step_N)
+        name = os.path.basename(path_or_uri)
+        step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+        ckpt = {"model": ckpt, "config": official_config(path_or_uri, path), "step": step}
     if "model" not in ckpt:
         raise CheckpointError(f"{path}: no 'model' entry (keys: {', '.join(map(str, list(ckpt)[:12]))}); "
                               f"not a training checkpoint")
@@ -257,8 +344,11 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
 
     if ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r} is not one this code reads ({CHECKPOINT_FORMAT})")
-    ours = "format" in ckpt  # else the authors' layout
-    fields = dict(arch) if ours else _reference_arch(path, arch, weights, data_seq_len)
+    ours = "format" in ckpt  # else the authors' layout, or the official TRM's / HRM's
+    if official:
+        fields = _official_arch(path, arch, weights, data_seq_len)
+    else:
+        fields = dict(arch) if ours else _reference_arch(path, arch, weights, data_seq_len)
     for key, given in (("seq_len", data_seq_len), ("vocab_size", data_vocab_size)):
         if given is not None and fields.get(key) not in (None, given):
             raise CheckpointError(f"{path}: the model was trained with {key} {fields[key]}, the data has {given}")
@@ -281,13 +371,14 @@ def load_for_eval(path_or_uri: str, trust_checkpoint: bool = False, data_seq_len
         "source": path,
         "uri": path_or_uri,
         "sha256": file_sha256(path),
-        "format": CHECKPOINT_FORMAT if ours else "reference",
+        "format": CHECKPOINT_FORMAT if ours else "official" if official else "reference",
         "read_with": how,
         "step": ckpt.get("step"),
         "ema": shadow_names is not None,
         "model_config": config.to_dict(),
         "loss_type": loss_type,
-        "ignored_arch_keys": sorted(set(arch) - set(ModelConfig.__dataclass_fields__) - REFERENCE_ONLY_KEYS),
+        "ignored_arch_keys": sorted(k for k in set(arch) - REFERENCE_ONLY_KEYS
+                                    if k not in fields or k not in ModelConfig.__dataclass_fields__),
         "train_config": train_config,
     }
     return model, info

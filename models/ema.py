@@ -1,4 +1,5 @@
-"""Exponential moving average of a model's parameters (not its buffers)."""
+"""Exponential moving average of a model's parameters (not its buffers, nor parameters marked `sign_sgd`,
+which the official TRM / HRM keep as buffers: models/eqr.PuzzleEmbedding)."""
 import torch
 from torch import nn
 
@@ -14,7 +15,8 @@ class EMA:
         if not 0 < rate <= 1:
             raise ValueError(f"ema_rate: expected 0 < rate <= 1, got {rate}")
         self.rate = rate
-        self.shadow = {name: p.detach().clone().float() for name, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().clone().float() for name, p in model.named_parameters()
+                       if p.requires_grad and not getattr(p, "sign_sgd", False)}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -11,11 +11,16 @@ with the shared block stack f(h, inj) = (1 - lambda) h + lambda blocks(h + inj) 
 EqR: lambda 0.95, noise 0.01, every row starts from fresh random latents.
 TRM: lambda 1, noise 0, every row starts from the same fixed latents.
 Feed-forward: `feedforward: true` -> z_H = blocks(x) once through L_layers untied blocks.
+The official TRM and HRM (docs/reference_notes.md, "The official TRM and HRM") add a learned
+puzzle embedding as prefix positions, and HRM updates z_H with a block stack of its own
+(`H_level_layers`), back-propagates through the last z_L and z_H update only (`one_step_grad`) and
+halts on q_halt > q_continue, the continue head learning a bootstrapped target (`act_continue`).
 """
 import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
@@ -26,6 +31,13 @@ from utils.typecheck import check_range, check_types
 # Keys that the reference's arch config carries but that do not shape the model here.
 REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continue", "disable_act_halt",
                        "act_inference", "halt_threshold", "halt_confirm_steps", "halt_confirm_mode", "batch_size"}
+
+
+def prefix_positions(puzzle_emb_ndim: int, puzzle_emb_len: int, hidden_size: int) -> int:
+    """Positions a puzzle embedding of puzzle_emb_ndim takes: puzzle_emb_len, or by default as few as hold it."""
+    if puzzle_emb_ndim == 0:
+        return 0
+    return puzzle_emb_len or -(puzzle_emb_ndim // -hidden_size)
 
 
 @dataclass
@@ -54,6 +66,15 @@ class ModelConfig:
     H_init_std: float = 1.0
     L_init_std: float = 1.0
     feedforward: bool = False
+    # The official TRM's and HRM's options; the defaults build EqR / our TRM as before. (HRM's H_layers and
+    # no_ACT_continue: false are H_level_layers and act_continue here: in the EqR authors' configs those
+    # two keys build nothing, config/reference_keys.py.)
+    puzzle_emb_ndim: int = 0  # width of a learned embedding per puzzle identifier, put before the tokens (0: none)
+    puzzle_emb_len: int = 0  # positions it takes (0: ceil(puzzle_emb_ndim / hidden_size)); the official TRM uses 16
+    num_puzzle_identifiers: int = 1
+    H_level_layers: int = 0  # HRM: > 0 gives z_H a block stack of its own, of this many blocks (z_L keeps L_layers)
+    one_step_grad: bool = False  # HRM: gradient through the last z_L and z_H update only
+    act_continue: bool = False  # HRM: halt on q_halt > q_continue; the continue head learns a bootstrapped Q target
 
     def __post_init__(self):
         def fail(key, msg):
@@ -72,12 +93,12 @@ class ModelConfig:
             fail("L_cycles", f"expected >= 0, got {self.L_cycles}")
         if self.pos_encodings is None:
             self.pos_encodings = "none"
-        if self.pos_encodings not in ("rope", "rope2d", "none"):
-            fail("pos_encodings", f"expected one of rope, rope2d, none, got {self.pos_encodings!r}")
+        if self.pos_encodings not in ("rope", "rope2d", "learned", "none"):
+            fail("pos_encodings", f"expected one of rope, rope2d, learned, none, got {self.pos_encodings!r}")
         if not self.mlp_t:
             if self.hidden_size % self.num_heads:
                 fail("num_heads", f"{self.num_heads} does not divide hidden_size {self.hidden_size}")
-            if self.pos_encodings != "none" and (self.hidden_size // self.num_heads) % (4 if self.pos_encodings == "rope2d" else 2):
+            if self.pos_encodings in ("rope", "rope2d") and (self.hidden_size // self.num_heads) % (4 if self.pos_encodings == "rope2d" else 2):
                 fail("num_heads", f"head dim {self.hidden_size // self.num_heads} is too odd for {self.pos_encodings}")
             if self.pos_encodings == "rope2d" and math.prod(self.board) != self.seq_len:
                 fail("board_height", f"rope2d needs board_height * board_width == seq_len {self.seq_len}, got {self.board}")
@@ -89,6 +110,18 @@ class ModelConfig:
             fail("noise_scale", f"expected >= 0, got {self.noise_scale}")
         if not 0 <= self.halt_exploration_prob <= 1:
             fail("halt_exploration_prob", f"expected a probability, got {self.halt_exploration_prob}")
+        for key in ("puzzle_emb_ndim", "puzzle_emb_len", "H_level_layers"):
+            if getattr(self, key) < 0:
+                fail(key, f"expected >= 0, got {getattr(self, key)}")
+        if self.num_puzzle_identifiers < 1:
+            fail("num_puzzle_identifiers", f"expected >= 1, got {self.num_puzzle_identifiers}")
+        if self.puzzle_emb_ndim > self.prefix_len * self.hidden_size:
+            fail("puzzle_emb_len", f"{self.puzzle_emb_len} positions of {self.hidden_size} cannot hold "
+                                   f"puzzle_emb_ndim {self.puzzle_emb_ndim}")
+        if self.prefix_len and self.pos_encodings == "rope2d":
+            fail("pos_encodings", "rope2d has no place for puzzle-embedding positions (puzzle_emb_ndim > 0)")
+        if self.one_step_grad and self.L_cycles < 1:
+            fail("L_cycles", "one_step_grad needs L_cycles >= 1")
 
     @property
     def board(self) -> tuple[int, int]:
@@ -100,12 +133,24 @@ class ModelConfig:
         return side, side
 
     @property
+    def prefix_len(self) -> int:
+        """Puzzle-embedding positions before the tokens (their logits are dropped)."""
+        return prefix_positions(self.puzzle_emb_ndim, self.puzzle_emb_len, self.hidden_size)
+
+    @property
+    def latent_len(self) -> int:
+        """Positions of z_H and z_L: the puzzle-embedding prefix, then seq_len tokens."""
+        return self.prefix_len + self.seq_len
+
+    @property
     def dtype(self) -> torch.dtype:
         return getattr(torch, self.forward_dtype)
 
     @property
     def blocks_per_step(self) -> int:
         """Block applications (the NFE unit) in one supervision step."""
+        if self.H_level_layers:
+            return self.H_cycles * (self.L_cycles * self.L_layers + self.H_level_layers)
         calls = 1 if self.feedforward else self.H_cycles * (self.L_cycles + 1)
         return calls * self.L_layers
 
@@ -133,7 +178,7 @@ class Block(nn.Module):
         super().__init__()
         self.eps = config.rms_norm_eps
         if config.mlp_t:
-            self.mlp_t = SwiGLU(config.seq_len, config.expansion)
+            self.mlp_t = SwiGLU(config.latent_len, config.expansion)
         else:
             self.self_attn = Attention(config.hidden_size, config.num_heads)
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
@@ -182,6 +227,22 @@ class TorchSampler:
 TORCH_SAMPLER = TorchSampler()
 
 
+class PuzzleEmbedding(nn.Module):
+    """A learned vector per puzzle identifier, zero at the start (the official TRM's and HRM's `puzzle_emb`).
+
+    Theirs is a buffer outside the EMA, updated by a sign-SGD of its own; here `weights` is a
+    parameter marked `sign_sgd`, which models/optim.py updates the same way and models/ema.py leaves out.
+    """
+
+    def __init__(self, num_identifiers: int, dim: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_identifiers, dim))
+        self.weights.sign_sgd = True
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weights[ids]
+
+
 class ReasoningCore(nn.Module):
     """One supervision step of the recursion, from latents (z_H, z_L) and inputs to logits and q."""
 
@@ -197,10 +258,16 @@ class ReasoningCore(nn.Module):
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
         self.L_level = BlockStack(config, config.L_layers)
+        if config.H_level_layers:
+            self.H_level = BlockStack(config, config.H_level_layers)
+        if config.puzzle_emb_ndim:
+            self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim)
+        if config.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(config.latent_len, hidden, init_std=1 / self.embed_scale, dtype=dtype)
         self.rotary = None
-        if not config.mlp_t and config.pos_encodings != "none":
+        if not config.mlp_t and config.pos_encodings in ("rope", "rope2d"):
             board = config.board if config.pos_encodings == "rope2d" else None
-            self.rotary = Rotary(hidden // config.num_heads, config.seq_len, config.rope_theta, board)
+            self.rotary = Rotary(hidden // config.num_heads, config.latent_len, config.rope_theta, board)
         if not config.random_init:  # TRM: fixed latents drawn once; saved so that a reload keeps them
             self.register_buffer("H_init", trunc_normal_(torch.empty(hidden, dtype=dtype), std=config.H_init_std))
             self.register_buffer("L_init", trunc_normal_(torch.empty(hidden, dtype=dtype), std=config.L_init_std))
@@ -228,38 +295,76 @@ class ReasoningCore(nn.Module):
     def recursion(self, z_H, z_L, x, sampler):
         for _ in range(self.config.L_cycles):
             z_L = self.L_level(z_L, z_H + x, self.rotary, sampler)
-        z_H = self.L_level(z_H, z_L, self.rotary, sampler)
+        z_H = self.H_update(z_H, z_L, sampler)
         return z_H, z_L
 
-    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, inputs: torch.Tensor, sampler=None):
-        """-> (z_H, z_L) detached, logits [batch, seq, vocab] in forward dtype, q [batch] float32."""
+    def H_update(self, z_H, z_L, sampler):
+        level = self.H_level if self.config.H_level_layers else self.L_level
+        return level(z_H, z_L, self.rotary, sampler)
+
+    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, inputs: torch.Tensor, sampler=None,
+                puzzle_identifiers: torch.Tensor | None = None, q_both: bool = False):
+        """-> (z_H, z_L) detached, logits [batch, seq, vocab] in forward dtype, q [batch] float32
+        (q_both: [batch, 2], the halt and the continue logit). puzzle_identifiers None: identifier 0."""
         sampler = TORCH_SAMPLER if sampler is None else sampler
         if torch.compiler.is_compiling():  # the compiler fuses the weight casts itself
-            return self.step(z_H, z_L, inputs, sampler)
+            return self.step(z_H, z_L, inputs, sampler, puzzle_identifiers, q_both)
         with reuse_weight_casts():
-            return self.step(z_H, z_L, inputs, sampler)
+            return self.step(z_H, z_L, inputs, sampler, puzzle_identifiers, q_both)
 
-    def step(self, z_H, z_L, inputs, sampler):
-        z_H, z_L = self.segment(z_H, z_L, inputs, sampler)
-        logits, q = self.readout(z_H)
+    def step(self, z_H, z_L, inputs, sampler, puzzle_identifiers=None, q_both=False):
+        z_H, z_L = self.segment(z_H, z_L, inputs, sampler, puzzle_identifiers)
+        logits, q = self.readout(z_H, q_both)
         return z_H.detach(), z_L.detach(), logits, q
 
-    def segment(self, z_H, z_L, inputs, sampler):
+    def embed(self, inputs, puzzle_identifiers=None):
+        """Input injection x [batch, latent_len, hidden]: the puzzle-embedding prefix (if any), then the tokens."""
+        x = self.embed_tokens(inputs)
+        if self.config.puzzle_emb_ndim:
+            if puzzle_identifiers is None:
+                puzzle_identifiers = torch.zeros(len(inputs), dtype=torch.int32, device=inputs.device)
+            prefix = self.config.prefix_len
+            p = self.puzzle_emb(puzzle_identifiers).to(x.dtype)
+            p = F.pad(p, (0, prefix * self.config.hidden_size - p.shape[-1])).view(-1, prefix, self.config.hidden_size)
+            x = torch.cat((p, x), dim=-2)
+        if self.config.pos_encodings == "learned":  # 1/sqrt(2) keeps the variance of the sum, as theirs
+            x = 0.707106781 * (x + self.embed_pos.embedding_weight.to(x.dtype))
+        return self.embed_scale * x
+
+    def segment(self, z_H, z_L, inputs, sampler, puzzle_identifiers=None):
         """The segment map (z_H, z_L) -> the latents after one supervision step, not detached.
 
-        Backward reaches only the last H cycle (no_grad); forward-mode AD (torch.func.jvp) passes
-        through all of them, which is what evaluation/lyapunov.py differentiates.
+        Backward reaches only the last H cycle (no_grad), or with one_step_grad only the last z_L
+        and z_H update; forward-mode AD (torch.func.jvp) passes through all of them, which is what
+        evaluation/lyapunov.py differentiates.
         """
-        x = self.embed_scale * self.embed_tokens(inputs)
+        if self.config.puzzle_emb_ndim or self.config.pos_encodings == "learned":
+            x = self.embed(inputs, puzzle_identifiers)
+        else:
+            x = self.embed_scale * self.embed_tokens(inputs)
         if self.config.feedforward:
             return self.L_level(z_H, x, self.rotary, sampler), z_L
+        if self.config.one_step_grad:
+            with torch.no_grad():
+                for _ in range(self.config.H_cycles - 1):
+                    z_H, z_L = self.recursion(z_H, z_L, x, sampler)
+                for _ in range(self.config.L_cycles - 1):
+                    z_L = self.L_level(z_L, z_H + x, self.rotary, sampler)
+            z_L = self.L_level(z_L, z_H + x, self.rotary, sampler)
+            return self.H_update(z_H, z_L, sampler), z_L
         with torch.no_grad():
             for _ in range(self.config.H_cycles - 1):
                 z_H, z_L = self.recursion(z_H, z_L, x, sampler)
         return self.recursion(z_H, z_L, x, sampler)
 
-    def readout(self, z_H):
-        """-> logits [batch, seq, vocab] in forward dtype, halting logit q [batch] float32."""
+    def readout(self, z_H, q_both: bool = False):
+        """-> logits [batch, seq, vocab] in forward dtype, halting logit q [batch] float32
+        (q_both: [batch, 2], halt and continue). Puzzle-embedding positions have no logits."""
+        if self.config.prefix_len:
+            q = self.q_head(z_H[:, 0]).float()
+            return self.lm_head(z_H)[:, self.config.prefix_len:], q if q_both else q[:, 0]
+        if q_both:
+            return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()
         return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()[:, 0]
 
 
@@ -303,7 +408,7 @@ class RecurrentReasoner(nn.Module):
 
     def initial_carry(self, batch: dict) -> Carry:
         n, device = batch["inputs"].shape[0], batch["inputs"].device
-        shape = (n, self.config.seq_len, self.config.hidden_size)
+        shape = (n, self.config.latent_len, self.config.hidden_size)
         return Carry(
             z_H=torch.zeros(shape, dtype=self.config.dtype, device=device),
             z_L=torch.zeros(shape, dtype=self.config.dtype, device=device),
@@ -320,7 +425,9 @@ class RecurrentReasoner(nn.Module):
         data = {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), batch[k], v) for k, v in carry.data.items()}
         steps = torch.where(reset, 0, carry.steps) + 1
 
-        z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler)
+        if self.config.act_continue:
+            return self.forward_with_continue(z_H, z_L, steps, data, sampler)
+        z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler, data.get("puzzle_identifiers"))
 
         with torch.no_grad():
             max_steps = self.config.halt_max_steps
@@ -331,3 +438,24 @@ class RecurrentReasoner(nn.Module):
                 min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
                 halted = (halted | (q > 0)) & (steps >= min_steps)
         return Carry(z_H, z_L, steps, halted, data), {"logits": logits, "q_halt_logits": q}
+
+    def forward_with_continue(self, z_H, z_L, steps, data, sampler):
+        """HRM's ACT: halt on q_halt > q_continue; in training the continue logit's target is the
+        sigmoid of the next step's best Q (its halt Q alone at the last step), from one more step
+        without gradient and without a replay buffer or target network, as theirs."""
+        ids = data.get("puzzle_identifiers")
+        z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler, ids, q_both=True)
+        q_halt, q_continue = q[:, 0], q[:, 1]
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+        with torch.no_grad():
+            max_steps = self.config.halt_max_steps
+            last = steps >= max_steps
+            halted = last
+            if self.training and max_steps > 1 and self.config.act_halting:
+                explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
+                min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
+                halted = (halted | (q_halt > q_continue)) & (steps >= min_steps)
+                next_q = self.inner(z_H, z_L, data["inputs"], sampler, ids, q_both=True)[3]
+                best = torch.where(last, next_q[:, 0], torch.maximum(next_q[:, 0], next_q[:, 1]))
+                outputs["target_q_continue"] = torch.sigmoid(best)
+        return Carry(z_H, z_L, steps, halted, data), outputs

@@ -75,6 +75,11 @@ class ACTLossHead(nn.Module):
         q_halt_loss = F.binary_cross_entropy_with_logits(q, row_correct.to(q.dtype), reduction="sum")
         loss = lm_loss + 0.5 * q_halt_loss
         metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
+        if "target_q_continue" in outputs:  # HRM's continue head (act_continue), in training
+            q_continue_loss = F.binary_cross_entropy_with_logits(outputs["q_continue_logits"],
+                                                                 outputs["target_q_continue"], reduction="sum")
+            loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+            metrics.update(q_continue_loss=q_continue_loss.detach())
         return carry, loss, metrics, outputs
 
 

@@ -9,6 +9,11 @@ This is the rule of the CUDA package `adam-atan2` 0.0.3, which the authors train
 moments are updated as lerps (m.lerp(g, 1 - b1), v.lerp(g^2, 1 - b2)), as that kernel does.
 `make_optimizer` uses that package when it works on the parameters' device and this
 torch version otherwise, so a missing or broken CUDA build never stops training.
+
+Parameters marked `sign_sgd` (the official TRM's and HRM's puzzle embedding) take their
+sign-SGD instead, on the rows a gradient reached: p <- p * (1 - lr * weight_decay) - lr * sign(g),
+with the same lr and weight decay (their puzzle_emb_lr and puzzle_emb_weight_decay equal lr and
+weight_decay in all their Sudoku and maze commands); they are always updated by this file's class.
 """
 import math
 
@@ -29,6 +34,9 @@ class AdamATan2(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
+            if group.get("sign_sgd"):
+                sign_sgd_step(group["params"], lr, wd)
+                continue
             b1, b2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
@@ -49,6 +57,15 @@ class AdamATan2(torch.optim.Optimizer):
         return loss
 
 
+def sign_sgd_step(params, lr: float, weight_decay: float) -> None:
+    """Their sparse-embedding update, on the rows (identifiers) whose gradient is not all zero."""
+    for p in params:
+        if p.grad is None:
+            continue
+        rows = p.grad.ne(0).any(-1)
+        p[rows] = p[rows].mul_(1.0 - lr * weight_decay).add_(torch.sign(p.grad[rows]), alpha=-lr)
+
+
 def cuda_adam_atan2():
     """The `adam_atan2` CUDA package's optimizer class, or None when it is absent or its backend is broken."""
     try:
@@ -61,6 +78,11 @@ def cuda_adam_atan2():
 
 def make_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    sign = [p for p in params if getattr(p, "sign_sgd", False)]
+    if sign:
+        rest = [p for p in params if not getattr(p, "sign_sgd", False)]
+        groups = [{"params": rest}, {"params": sign, "sign_sgd": True}]
+        return AdamATan2(groups, lr=lr, betas=betas, weight_decay=weight_decay)
     cuda_cls = cuda_adam_atan2()
     if cuda_cls is not None and params and all(p.is_cuda for p in params):
         return cuda_cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
