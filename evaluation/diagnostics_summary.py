@@ -98,7 +98,7 @@ def tail_mobility(table: dict, measure: str, last: int, window: int) -> np.ndarr
     return np.stack([table[f"{measure}_{t}"] for t in range(max(1, last - window + 1), last + 1)], 1).max(1)
 
 
-def threshold_grid(values: np.ndarray, per_decade: int = 4) -> np.ndarray:
+def threshold_grid(values: np.ndarray, per_decade: int = 8) -> np.ndarray:
     """Fixed thresholds for the sensitivity curve: whole decades spanning the positive values, `per_decade` each."""
     positive = values[values > 0]
     if not len(positive):
