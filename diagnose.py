@@ -8,14 +8,15 @@ Per (puzzle, trajectory), along `depth` segments: the top `lyapunov_k` exponents
 Writes diagnostics.csv, summary.json (AUCs, settling, matched and early-prediction measures) and PNG
 plots to output_dir; resume=true continues a killed run; summary_only=true output_dir=OUT recomputes
 the summary and plots from OUT/diagnostics.csv (another settling rule, more resamples) without tracing.
-Keys and defaults: config/cfg_diagnose.yaml; the measures: docs/diagnostics.md. The model runs in float32 here, tangents included.
+Keys and defaults: config/cfg_diagnose.yaml; the measures: docs/diagnostics.md. The model runs in
+float32 here, tangents included.
 """
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -39,8 +40,8 @@ from utils.typecheck import check_range, check_types
 
 
 SUMMARY_FORMAT = "eqr-diagnostics/2"
-SUMMARY_KEYS = ("settle_measure", "settle_window", "settle_threshold", "match_segment", "prefix_segments",
-                "bootstrap_resamples")  # the keys summary_only=true may change
+SUMMARY_KEYS = ("settle_measure", "settle_window", "settle_threshold", "match_segment", "bootstrap_resamples")
+# the keys summary_only=true may change; prefix_segments stays the run's (lyap1_prefix was traced over it)
 RUN_KEYS = ("checkpoint", "data", "config", "breadth", "noise", "dtype", "world_size", "wall_time_s", "device")
 
 
@@ -151,8 +152,12 @@ def resummarise(cfg: DiagnoseConfig) -> dict:
     old_path = os.path.join(cfg.output_dir, "summary.json")
     old = {}
     if os.path.exists(old_path):
-        with open(old_path) as f:
-            old = json.load(f)
+        try:
+            with open(old_path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{old_path}: not readable JSON ({e}); move it away to summarise without it") from None
+    cfg = replace(cfg, prefix_segments=int(old.get("config", {}).get("prefix_segments", cfg.prefix_segments)))
     seed = cfg.seed if cfg.seed is not None else int(old.get("seed") or 0)
     result = summarise_table(cfg, table, depth, seed)
     result.update({key: old[key] for key in RUN_KEYS if key in old})
