@@ -127,7 +127,7 @@ def restart_and_pruning_rows(table: dict, depth: int, prefix: int) -> list[dict]
     final_q, final_move = -per_puzzle(f"q_halt_{depth}"), per_puzzle(f"reldisp_{depth}")
     pick = lambda score, n: np.take_along_axis(solved[:, :n], np.argmin(score[:, :n], 1)[:, None], 1)[:, 0]
     rows = []
-    for b in range(2, breadth + 1):
+    for b in range(1, breadth + 1):  # b = 1: one trajectory, the baseline both spend more on
         n = (b * depth - (depth - prefix)) // prefix
         if n > breadth:
             break

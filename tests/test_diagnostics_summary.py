@@ -141,7 +141,7 @@ def test_restarts_vs_pruning_match_a_loop(seed):
     rows = [{key: np.mean(v) if isinstance(v, np.ndarray) else v for key, v in row.items()}  # per puzzle -> mean
             for row in ds.restart_and_pruning_rows(table, depth, prefix)]
     # b restarts cost b * 8 segments; pruning n of them after 3 costs 3 n + 5 <= 8 b: n = 1, 3, 6, 9 for b = 1..4
-    assert [(r["restarts"], r["pruned_from"], r["nfe_pruning"]) for r in rows] == [(2, 3, 14), (3, 6, 23), (4, 9, 32)]
+    assert [(r["restarts"], r["pruned_from"], r["nfe_pruning"]) for r in rows] == [(1, 1, 8), (2, 3, 14), (3, 6, 23), (4, 9, 32)]
     puzzles = [slice(p * breadth, (p + 1) * breadth) for p in range(30)]
 
     def best(column, p, n, sign):  # the lowest sign * score among the first n; ties: the first
