@@ -208,7 +208,8 @@ def measures(table: dict, depth: int, prefix: int, settle_threshold: float | Non
     bins = quantile_bins(table["to_fill"], difficulty_bins)
     auc, pairs = stratified_auc(lyap1, failed, bins)
     summary["within_difficulty_bin_auc_lyap_1"] = {
-        "auc": auc, "pooled_auc": summary["auc_lyap_1"]["auc"], "pairs": pairs, "bins": int(len(np.unique(bins))),
+        "auc": auc, "pooled_auc": summary["auc_lyap_1"]["auc"],
+        "difference_within_minus_pooled": auc - summary["auc_lyap_1"]["auc"], "pairs": pairs, "bins": int(len(np.unique(bins))),
         "rule": f"bins of to_fill (cells to fill: Sudoku blanks, maze path cells), distinct values or {difficulty_bins} "
                 f"quantile bins; pairs within a bin"}
     if depth > prefix:

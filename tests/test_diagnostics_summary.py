@@ -186,6 +186,8 @@ def test_every_auc_and_share_has_a_seeded_interval():
     walk(s)
     assert {"auc", "auc_q_halt", "share_failures_settled", "share_failures_settled_confident", "accuracy_pruning_q_halt",
             "accuracy_restarts_any", "difference_pruning_reldisp_minus_restarts_q_halt"} <= set(found)
+    binned = s["within_difficulty_bin_auc_lyap_1"]
+    assert binned["difference_within_minus_pooled"] == pytest.approx(binned["auc"] - binned["pooled_auc"])
     assert len(s["auc_final_q_halt"]["auc_ci95"]) == len(s["settling"]["curve"][3]["share_failures_settled_ci95"]) == 2
     again = summary_of(table, resamples=50, seed=3, threshold=0.1)
     assert again == s
