@@ -6,14 +6,17 @@
 Per (puzzle, trajectory), along `depth` segments: the top `lyapunov_k` exponents of the segment map
 (evaluation/lyapunov.py), the displacement of (z_H, z_L) after every segment, q_halt and correctness.
 Writes diagnostics.csv, summary.json (AUCs, settling, matched and early-prediction measures) and PNG
-plots to output_dir; resume=true continues a killed run. Keys and defaults: config/cfg_diagnose.yaml;
-the measures: docs/diagnostics.md. The model runs in float32 here, tangents included.
+plots to output_dir; resume=true continues a killed run; summary_only=true output_dir=OUT recomputes
+the summary and plots from OUT/diagnostics.csv (another settling rule, more resamples) without tracing.
+Keys and defaults: config/cfg_diagnose.yaml; the measures: docs/diagnostics.md. The model runs in
+float32 here, tangents included.
 """
+import json
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -36,6 +39,12 @@ from utils.processes import broadcast
 from utils.typecheck import check_range, check_types
 
 
+SUMMARY_FORMAT = "eqr-diagnostics/2"
+SUMMARY_KEYS = ("settle_measure", "settle_window", "settle_threshold", "match_segment", "bootstrap_resamples")
+# the keys summary_only=true may change; prefix_segments stays the run's (lyap1_prefix was traced over it)
+RUN_KEYS = ("checkpoint", "data", "config", "breadth", "noise", "dtype", "world_size", "wall_time_s", "device")
+
+
 @dataclass
 class DiagnoseConfig:
     checkpoint: str
@@ -53,7 +62,11 @@ class DiagnoseConfig:
     noise: str
     settle_threshold: float | None
     settle_window: int
+    settle_measure: str
+    match_segment: int | None
     prefix_segments: int
+    bootstrap_resamples: int
+    summary_only: bool
     global_batch_size: int
     seed: int | None
     resume: bool
@@ -67,15 +80,21 @@ class DiagnoseConfig:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.noise not in ("fixed", "off"):
             raise ConfigError(f"noise: expected fixed or off, got {self.noise!r}")
+        if self.settle_measure not in ("reldisp", "disp"):
+            raise ConfigError(f"settle_measure: expected reldisp or disp, got {self.settle_measure!r}")
+        if self.settle_threshold is not None:
+            check_range("", "settle_threshold", self.settle_threshold, low=0)
         if self.different_init_reset_std is not None:
             check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
-        for key in ("depth", "max_examples", "threads"):
+        for key in ("depth", "max_examples", "threads", "match_segment"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer or null, got {getattr(self, key)!r}")
-        for key in ("lyapunov_k", "breadth", "settle_window", "prefix_segments", "global_batch_size",
-                    "save_every_batches"):
+        for key in ("lyapunov_k", "breadth", "settle_window", "prefix_segments", "bootstrap_resamples",
+                    "global_batch_size", "save_every_batches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        if self.summary_only and not self.output_dir:
+            raise ConfigError("summary_only: needs output_dir=<the folder of the run whose diagnostics.csv to summarise>")
         if self.resume and not self.output_dir:
             raise ConfigError("resume: needs output_dir=<the folder of the run to continue>")
 
@@ -103,6 +122,7 @@ def build_table(records: dict[str, torch.Tensor], depth: int, k: int) -> dict[st
     table = {"puzzle": r["puzzle"], "trajectory": r["trajectory"], "solved": r["solved"][:, -1].astype(np.int64),
              "givens": r["givens"], "to_fill": r["to_fill"]}
     table.update({f"lyap_{i + 1}": r["lyap"][:, i] for i in range(k)})
+    table["lyap_sum"] = r["lyap"].sum(1)  # the growth rate of k-dimensional volumes
     table["lyap1_prefix"] = r["lyap1_prefix"]
     for name in ("disp", "reldisp", "q_halt"):
         table.update({f"{name}_{t + 1}": r[name][:, t] for t in range(depth)})
@@ -111,8 +131,46 @@ def build_table(records: dict[str, torch.Tensor], depth: int, k: int) -> dict[st
     return table
 
 
+def summarise_table(cfg: DiagnoseConfig, table: dict, depth: int, seed: int) -> dict:
+    return summary_file.summarise(table, depth, cfg.prefix_segments, cfg.settle_threshold, cfg.settle_window,
+                                  cfg.settle_measure, cfg.match_segment, resamples=cfg.bootstrap_resamples, seed=seed)
+
+
+def write_summary(cfg: DiagnoseConfig, output_dir: str, result: dict, table: dict, depth: int) -> None:
+    if cfg.plots:
+        summary_file.write_plots(output_dir, table, depth, cfg.prefix_segments)
+    write_json(os.path.join(output_dir, "summary.json"), result)  # last: it marks the folder finished
+    print(summary_file.format_summary(result))
+
+
+def resummarise(cfg: DiagnoseConfig) -> dict:
+    """summary_only=true: the summary and plots again from output_dir/diagnostics.csv (e.g. with another
+    settling rule), the run's description kept from its summary.json; nothing is traced."""
+    table, depth, k = summary_file.read_csv(os.path.join(cfg.output_dir, "diagnostics.csv"))
+    if cfg.match_segment is not None and cfg.match_segment > depth:
+        raise ConfigError(f"match_segment: expected at most depth ({depth}), got {cfg.match_segment}")
+    old_path = os.path.join(cfg.output_dir, "summary.json")
+    old = {}
+    if os.path.exists(old_path):
+        try:
+            with open(old_path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{old_path}: not readable JSON ({e}); move it away to summarise without it") from None
+    cfg = replace(cfg, prefix_segments=int(old.get("config", {}).get("prefix_segments", cfg.prefix_segments)))
+    seed = cfg.seed if cfg.seed is not None else int(old.get("seed") or 0)
+    result = summarise_table(cfg, table, depth, seed)
+    result.update({key: old[key] for key in RUN_KEYS if key in old})
+    result.update({"format": SUMMARY_FORMAT, "seed": seed, "lyapunov_k": k,
+                   "summary_config": {key: getattr(cfg, key) for key in SUMMARY_KEYS}})
+    write_summary(cfg, cfg.output_dir, result, table, depth)
+    return result
+
+
 def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
     """Trace every puzzle; rank 0 writes the outputs and returns the summary (other ranks: None)."""
+    if cfg.summary_only:
+        return resummarise(cfg) if rank == 0 else None
     overrides = {"forward_dtype": "float32", **({"noise_scale": 0.0} if cfg.noise == "off" else {})}
     head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
     inner = head.model.inner.to(device).eval()
@@ -121,6 +179,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     if cfg.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {cfg.global_batch_size} does not split over {world_size} processes")
     depth = cfg.depth or model_config.halt_max_steps
+    if cfg.match_segment is not None and cfg.match_segment > depth:
+        raise ConfigError(f"match_segment: expected at most depth ({depth}), got {cfg.match_segment}")
     fresh_std = fresh_init_std(model_config, cfg.different_init_reset_std) if cfg.breadth > 1 else None
     state_size = 2 * model_config.seq_len * model_config.hidden_size
     if cfg.lyapunov_k > state_size:
@@ -185,18 +245,16 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     if rank == 0:
         merged = {name: torch.cat([g[name] for g in gathered if g]) for name in next(g for g in gathered if g)}
         table = build_table(merged, depth, cfg.lyapunov_k)
-        result = summary_file.summarise(table, depth, cfg.prefix_segments, cfg.settle_threshold, cfg.settle_window)
-        result.update({"format": "eqr-diagnostics/1", "checkpoint": {k: info[k] for k in ("uri", "sha256", "step", "ema")},
+        result = summarise_table(cfg, table, depth, seed)
+        result.update({"format": SUMMARY_FORMAT, "checkpoint": {k: info[k] for k in ("uri", "sha256", "step", "ema")},
                        "data": {"path": identity["data_path"], "split": cfg.split}, "config": asdict(cfg),
                        "lyapunov_k": cfg.lyapunov_k, "breadth": cfg.breadth, "noise": cfg.noise, "dtype": "float32",
                        "seed": seed, "world_size": world_size, "wall_time_s": wall,
-                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                       "summary_config": {key: getattr(cfg, key) for key in SUMMARY_KEYS}})
         os.makedirs(output_dir, exist_ok=True)
         summary_file.write_csv(os.path.join(output_dir, "diagnostics.csv"), table)
-        if cfg.plots:
-            summary_file.write_plots(output_dir, table, depth, cfg.prefix_segments)
-        write_json(os.path.join(output_dir, "summary.json"), result)  # last: it marks the folder finished
-        print(summary_file.format_summary(result))
+        write_summary(cfg, output_dir, result, table, depth)
         print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
               f"results in {output_dir}/")
     remove_partial(output_dir, rank, world_size)

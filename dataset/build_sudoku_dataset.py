@@ -8,7 +8,8 @@ each with 1000 augmented copies (one group per puzzle), and the full test split 
 
 Offline sources: `--source-csv FILE [--test-csv FILE]` (CSV with columns source,q,a,rating, or one
 81-character puzzle per line, '.' or '0' blank; missing solutions are computed and puzzles with zero or
-several solutions dropped), or `--generate N [--generate-test M] [--min-givens K]` (random unique puzzles).
+several solutions dropped), or `--generate N [--generate-test M] [--min-givens K [--max-givens K2]]` (random unique puzzles;
+with --max-givens each stops at its own count of givens, drawn from K..K2).
 """
 import argparse
 import csv
@@ -184,8 +185,10 @@ def download_split(repo_id: str, split: str) -> str:
 
 # ---------------------------------------------------------------- generating puzzles
 
-def _generate_one(job: tuple[str, int, int]) -> tuple[list[int], list[int], int]:
-    key, min_givens, min_difficulty = job
+def _generate_one(job: tuple[str, int, int, int | None]) -> tuple[list[int], list[int], int]:
+    key, min_givens, min_difficulty, max_givens = job
+    if max_givens is not None:  # a spread of givens: each puzzle's own target, seeded as the puzzle is
+        min_givens = random.Random(f"{key}:givens").randint(min_givens, max_givens)
     for attempt in range(10_000):
         # Seeded per puzzle, so the result does not depend on the number of workers.
         puzzle, solution, rating = generate_puzzle(random.Random(f"{key}:{attempt}"), min_givens)
@@ -194,8 +197,9 @@ def _generate_one(job: tuple[str, int, int]) -> tuple[list[int], list[int], int]
     raise DatasetError(f"--min-difficulty {min_difficulty}: no puzzle reached it in 10000 tries; lower it or --min-givens")
 
 
-def generate_puzzles(n: int, split: str, seed: int, min_givens: int, min_difficulty: int | None, workers: int) -> Puzzles:
-    jobs = [(f"{seed}:{split}:{i}", min_givens, min_difficulty or 0) for i in range(n)]
+def generate_puzzles(n: int, split: str, seed: int, min_givens: int, min_difficulty: int | None, workers: int,
+                     max_givens: int | None = None) -> Puzzles:
+    jobs = [(f"{seed}:{split}:{i}", min_givens, min_difficulty or 0, max_givens) for i in range(n)]
     results = _map(_generate_one, jobs, workers, f"generating {split}")
     return Puzzles(np.array([r[0] for r in results], dtype=np.int8).reshape(n, 81),
                    np.array([r[1] for r in results], dtype=np.int8).reshape(n, 81),
@@ -232,8 +236,11 @@ def load_source(args, split: str) -> tuple[Puzzles, str]:
         return puzzles, (f"{path}: {stats['read']} read, {stats['no_solution']} dropped with no solution, "
                          f"{stats['several_solutions']} dropped with several solutions")
     if count:
-        puzzles = generate_puzzles(count, split, args.seed, args.min_givens, args.min_difficulty, args.workers)
-        return puzzles, f"generated {count} unique puzzles (min givens {args.min_givens})"
+        puzzles = generate_puzzles(count, split, args.seed, args.min_givens, args.min_difficulty, args.workers,
+                                   args.max_givens)
+        givens = f"givens {args.min_givens}-{args.max_givens}" if args.max_givens is not None else \
+            f"min givens {args.min_givens}"
+        return puzzles, f"generated {count} unique puzzles ({givens})"
     if args.source_csv or args.generate:
         raise DatasetError(f"{split} split: --source-csv/--generate build the train split offline; "
                            "give --test-csv or --generate-test for the test split too")
@@ -278,6 +285,9 @@ def parse_args(argv=None):
     p.add_argument("--generate", type=int, default=0, help="generate this many training puzzles offline")
     p.add_argument("--generate-test", type=int, default=None, help="generate this many test puzzles (default: as --generate)")
     p.add_argument("--min-givens", type=int, default=0, help="generator stops blanking at this many givens (0: minimal puzzles)")
+    p.add_argument("--max-givens", type=int, default=None,
+                   help="a spread of givens: each generated puzzle stops at its own count, uniform in "
+                        "[--min-givens, this] (a minimal puzzle may stop above it)")
     p.add_argument("--workers", type=int, default=1, help="processes for generating/solving")
     args = p.parse_args(argv)
     if args.generate_test is None:
@@ -287,6 +297,8 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.min_givens > 81:
         p.error("--min-givens must be at most 81")
+    if args.max_givens is not None and not args.min_givens <= args.max_givens <= 81:
+        p.error(f"--max-givens must be between --min-givens ({args.min_givens}) and 81, got {args.max_givens}")
     if args.source_csv and args.generate:
         p.error("give one training source: --source-csv or --generate")
     args.workers = max(1, args.workers)

@@ -34,7 +34,7 @@ def pair_auc(rows, score) -> float:
     return sum(pairs) / len(pairs)
 
 
-def test_summary_aucs_equal_the_ones_recomputed_from_the_csv(checkpoint, tmp_path):
+def test_summary_aucs_equal_the_ones_recomputed_from_the_csv(checkpoint, tmp_path, capsys):
     out = tmp_path / "one"
     assert diagnose.main([f"checkpoint={checkpoint}", f"output_dir={out}", "global_batch_size=4", "breadth=2",
                           *ARGS]) == 0
@@ -58,10 +58,28 @@ def test_summary_aucs_equal_the_ones_recomputed_from_the_csv(checkpoint, tmp_pat
         if 0 < sum(r["solved"] == "0" for r in unsolved) < len(unsolved):
             assert prefix[key] == pytest.approx(pair_auc(unsolved, column), abs=1e-12)
     settle = summary["settling"]
-    mobility = lambda r: max(float(r[f"reldisp_{t}"]) for t in range(DEPTH - settle["window"] + 1, DEPTH + 1))
+    mobility = lambda r: max(float(r[f"reldisp_{t}"]) for t in range(DEPTH - settle["tail_segments"] + 1, DEPTH + 1))
     fails = [r for r in rows if r["solved"] == "0"]
-    assert settle["failures_settled"] == pytest.approx(sum(mobility(r) <= settle["threshold"] for r in fails) / len(fails))
+    band = settle["held_out"]["band"]
+    if band is not None:  # null when no even-numbered puzzle is solved
+        assert settle["held_out"]["share_failures_settled"] == pytest.approx(
+            sum(mobility(r) <= band for r in fails) / len(fails))
+    assert all(float(r["lyap_sum"]) == pytest.approx(float(r["lyap_1"]) + float(r["lyap_2"]), abs=1e-12) for r in rows)
+    low, high = summary["auc_lyap_1"]["auc_ci95"]
+    assert low <= summary["auc_lyap_1"]["auc"] <= high
     assert {"displacement_by_outcome.png", "lyap1_vs_displacement.png", "roc.png"} <= set(os.listdir(out))
+
+    # summary_only: the same measures from the CSV alone, under another settling rule; the run's description kept
+    assert diagnose.main(["checkpoint=unused", f"output_dir={out}", "summary_only=true", "settle_threshold=0.01",
+                          "bootstrap_resamples=30", "plots=false", "progress=false", "device=cpu"]) == 0
+    with open(out / "summary.json") as f:
+        again = json.load(f)
+    assert again["auc_lyap_1"]["auc"] == summary["auc_lyap_1"]["auc"]
+    assert again["prefix"]["auc_q_halt"] == summary["prefix"]["auc_q_halt"] and again["checkpoint"] == summary["checkpoint"]
+    assert again["settling"]["fixed"]["threshold"] == 0.01 and again["summary_config"]["bootstrap_resamples"] == 30
+    (out / "diagnostics.csv").write_text("puzzle,trajectory\n0,0\n")
+    assert diagnose.main(["checkpoint=unused", f"output_dir={out}", "summary_only=true", "device=cpu"]) == 2
+    assert "diagnostics.csv: not a diagnostics.csv" in capsys.readouterr().err
 
 
 @pytest.mark.slow

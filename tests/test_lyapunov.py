@@ -133,3 +133,18 @@ def test_trace_follows_the_trajectory_that_evaluate_scores(arch, fresh_std):
     assert [int(cells[d, 0, all_traj, 0]) for d in range(depth)] == traced["solved"][real].sum(0).tolist()
     assert traced["lyap"].shape == (12, 2) and math.isfinite(traced["lyap"][real].sum())
     assert not traced["lyap1_prefix"].isnan().any()  # set, since depth > prefix
+
+
+def test_the_whole_spectrum_sums_to_the_volume_growth():
+    # k = the state's dimension (64 here): the exponents' sum is the mean log |det J| of the segment maps
+    torch.manual_seed(4)
+    inner = ReasoningCore(ModelConfig(**TINY)).eval()
+    rows, depth, seed, n = 1, 2, 5, 2 * 4 * 8
+    inputs = torch.randint(1, 4, (rows, 4), dtype=torch.int32)
+    batch = {"inputs": inputs, "labels": inputs.clone(), "index": torch.arange(rows)}
+    traced = trace_batch(inner, batch, depth, n, 1, keyed(seed, rows), seed, prefix=2)
+    with torch.no_grad():
+        jacobians = dense_reference(inner, inputs, depth, seed)
+    volume = sum(torch.linalg.slogdet(j)[1] for j in jacobians) / depth
+    assert traced["lyap"].shape == (rows, n)
+    assert torch.allclose(traced["lyap"].sum(1), volume, rtol=1e-3), (traced["lyap"].sum(1), volume)

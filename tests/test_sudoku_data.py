@@ -268,3 +268,13 @@ def test_validator_names_first_bad_label(tmp_path, sudoku_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1
     assert "train" in err and "all__labels.npy" in err and "example 7" in err
+
+
+def test_max_givens_spreads_the_givens(tmp_path):
+    out = str(tmp_path / "spread")
+    build_sudoku_dataset.main(["--output-dir", out, "--generate", "2", "--num-aug", "0", "--generate-test", "40",
+                               "--min-givens", "30", "--max-givens", "45", "--seed", "0"])
+    givens = np.count_nonzero(tokens_to_digits(np.load(array_path(out, "test", "inputs"))), axis=1)
+    assert givens.min() >= 30 and givens.max() <= 45 and len(np.unique(givens)) >= 8  # spread, within the range
+    with pytest.raises(SystemExit):
+        build_sudoku_dataset.parse_args(["--generate", "2", "--min-givens", "30", "--max-givens", "20"])
