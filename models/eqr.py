@@ -18,14 +18,15 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from models import halting
 from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
                            trunc_normal_)
 from utils.errors import ConfigError
 from utils.typecheck import check_range, check_types
 
 # Keys that the reference's arch config carries but that do not shape the model here.
-REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continue", "disable_act_halt",
-                       "act_inference", "halt_threshold", "halt_confirm_steps", "halt_confirm_mode", "batch_size"}
+# (Their halting keys act_inference, halt_threshold, halt_confirm_* and no_ACT_continue are fields below.)
+REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "disable_act_halt", "batch_size"}
 
 
 @dataclass
@@ -48,6 +49,12 @@ class ModelConfig:
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
     act_halting: bool = True  # False: rows halt only at halt_max_steps, in training too (no ACT)
+    # The authors' halting rule (models/halting.py), in training and, with act_inference, in evaluate.py
+    act_inference: bool = False  # evaluate.py's default for act_inference: halted trajectories leave the pool
+    halt_threshold: float = 0.0
+    halt_confirm_steps: int = 0
+    halt_confirm_mode: str = "consecutive"  # or cumulative
+    no_ACT_continue: bool = True  # False: halt on q_halt > q_continue + threshold (a model with a continue head)
     lambda_: float = 0.95
     noise_scale: float = 0.01
     random_init: bool = True  # False: TRM's fixed initial latents
@@ -89,6 +96,15 @@ class ModelConfig:
             fail("noise_scale", f"expected >= 0, got {self.noise_scale}")
         if not 0 <= self.halt_exploration_prob <= 1:
             fail("halt_exploration_prob", f"expected a probability, got {self.halt_exploration_prob}")
+        try:
+            rule = self.halt_rule
+        except ConfigError as e:
+            raise ConfigError(f"arch.{e}") from None
+        self.halt_confirm_mode = halting.CONFIRM_MODES[self.halt_confirm_mode.lower()]  # the authors' aliases too
+
+    @property
+    def halt_rule(self) -> halting.HaltRule:
+        return halting.HaltRule(self.halt_threshold, self.halt_confirm_steps, self.halt_confirm_mode)
 
     @property
     def board(self) -> tuple[int, int]:
@@ -262,6 +278,10 @@ class ReasoningCore(nn.Module):
         """-> logits [batch, seq, vocab] in forward dtype, halting logit q [batch] float32."""
         return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()[:, 0]
 
+    def q_continue(self, z_H):
+        """The continue logit [batch] float32 of a model that halts on q_halt > q_continue + threshold, else None."""
+        return None if self.config.no_ACT_continue else self.q_head(z_H[:, 0]).float()[:, 1]
+
 
 def compile_core(core: ReasoningCore, setting: bool | None, device: torch.device) -> bool:
     """torch.compile one supervision step of `core` in place (parameter names, so checkpoints, stay the same).
@@ -284,13 +304,15 @@ class Carry:
     steps: torch.Tensor  # int32 [batch]
     halted: torch.Tensor  # bool [batch]; a halted row is replaced by a fresh puzzle at the next step
     data: dict  # inputs, labels, puzzle_identifiers of the puzzle each row is working on
+    counter: torch.Tensor | None = None  # int32 [batch]: halting signals counted (models/halting.py); None: 0
 
     def to_dict(self) -> dict:
-        return {"z_H": self.z_H, "z_L": self.z_L, "steps": self.steps, "halted": self.halted, "data": dict(self.data)}
+        return {"z_H": self.z_H, "z_L": self.z_L, "steps": self.steps, "halted": self.halted, "data": dict(self.data),
+                "counter": self.counter}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Carry":
-        return cls(d["z_H"], d["z_L"], d["steps"], d["halted"], dict(d["data"]))
+        return cls(d["z_H"], d["z_L"], d["steps"], d["halted"], dict(d["data"]), d.get("counter"))
 
 
 class RecurrentReasoner(nn.Module):
@@ -310,6 +332,7 @@ class RecurrentReasoner(nn.Module):
             steps=torch.zeros(n, dtype=torch.int32, device=device),
             halted=torch.ones(n, dtype=torch.bool, device=device),  # every row starts by taking a puzzle
             data={k: torch.zeros_like(v) for k, v in batch.items()},
+            counter=torch.zeros(n, dtype=torch.int32, device=device),
         )
 
     def forward(self, carry: Carry, batch: dict, sampler=None) -> tuple[Carry, dict]:
@@ -320,14 +343,18 @@ class RecurrentReasoner(nn.Module):
         data = {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), batch[k], v) for k, v in carry.data.items()}
         steps = torch.where(reset, 0, carry.steps) + 1
 
+        counter = torch.zeros_like(steps) if carry.counter is None else torch.where(reset, 0, carry.counter)
+
         z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler)
 
         with torch.no_grad():
-            max_steps = self.config.halt_max_steps
+            config, max_steps = self.config, self.config.halt_max_steps
             halted = steps >= max_steps
-            if self.training and max_steps > 1 and self.config.act_halting:
-                # Halt on q > 0, but with probability halt_exploration_prob only after a random minimum.
-                explore = torch.rand_like(q) < self.config.halt_exploration_prob
+            if self.training and max_steps > 1 and config.act_halting:
+                # The halting rule, but with probability halt_exploration_prob only after a random minimum.
+                explore = torch.rand_like(q) < config.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
-                halted = (halted | (q > 0)) & (steps >= min_steps)
-        return Carry(z_H, z_L, steps, halted, data), {"logits": logits, "q_halt_logits": q}
+                vote = halting.signal(q, self.inner.q_continue(z_H), config.halt_threshold)
+                counter = halting.count(counter, vote, config.halt_confirm_mode == "cumulative")
+                halted = halting.halts(halting.fired(counter, vote, config.halt_confirm_steps), steps, max_steps, min_steps)
+        return Carry(z_H, z_L, steps, halted, data, counter), {"logits": logits, "q_halt_logits": q}
