@@ -289,6 +289,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     shown = {"task": task, "solved": [], "failed": []}  # rank 0's first answers at the largest cell, to draw
     want_shown = rank == 0 and cfg.plots and cfg.render_examples > 0 and task is not None
     started = last_save = time.time()
+    cpu_started = time.process_time()
     batch_index = start_batch
     batches = ((i, {k: v.to(device) for k, v in batch.items()}) for i, batch in enumerate(iter_test_batches(
         data_path, global_batch_size, rank, world_size, cfg.split, max_examples, start_batch=start_batch), start=start_batch))
@@ -318,6 +319,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     wall = seconds_before + time.time() - started
+    pool_stats["cpu_time_s"] = time.process_time() - cpu_started  # this process's share (since a resume)
     if writer:
         writer.flush(num_batches)
 
@@ -329,12 +331,12 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
             d, b = spec.max_depth, spec.max_breadth
             predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
         results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown,
-                                pool_stats and {**pool_stats, "pool_size": pool_size})
+                                {**pool_stats, "pool_size": pool_size})
     remove_partial(output_dir, rank, world_size)  # the finished results replace the partial counts
     return results
 
 
-def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown, pool=None) -> dict:
+def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown, pool) -> dict:
     cells, hist = spec.split(counts)
     rows = report.build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
@@ -352,7 +354,8 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
         "grid": spec.to_dict(),
         "rules": spec.rules,
         "halt_rules": [dict(r.to_dict(), suffix=suffix, label=r.label) for r, suffix in zip(spec.halting_rules, spec.halt_suffixes)],
-        "elastic": pool or None,  # this rank's pool: steps, slot_steps (rows computed), busy_steps (rows with a trajectory)
+        "cpu_time_s": pool.pop("cpu_time_s"),  # rank 0's CPU time in the loop (all threads), since a resume
+        "elastic": pool if spec.elastic else None,  # rank 0's pool: steps, slot_steps (rows run), busy_steps (rows with work)
         "config_fingerprint": fingerprint(identity),
         "identity": identity,
         "world_size": identity["world_size"],
