@@ -81,3 +81,13 @@ def test_evaluate_act_inference_equals_the_grid_with_the_same_rules(tmp_path):
     assert {r["halt_rule"] for r in pool["rows"]} == {"q>-0.2 min2", "q>-0.2 x2 min2", "q>0.3 min2", "q>0.3 x2 min2"}
     assert os.path.isfile(tmp_path / "pool" / "halting_pareto.png") and os.path.isfile(tmp_path / "grid" / "halting_pareto.png")
     assert pool["elastic"]["busy_steps"] <= pool["elastic"]["slot_steps"]
+
+
+@pytest.mark.slow
+def test_depth_1024_in_the_grid_and_the_pool():
+    """A thousand steps: the grid and the pool agree at D = 1024 and every trajectory stops by the cap."""
+    expected, got, stats = grid_and_pool(EQR, (1,), 2, rules=(HaltRule(0.0, 3), HaltRule(50.0)), depth=1024, batches=1)
+    (cells, hist), (_, _, pool_cells, pool_hist) = expected[0], got[0]
+    assert torch.equal(cells, pool_cells) and torch.equal(hist, pool_hist)
+    assert stats["busy_steps"] == 5 * 1024  # the second rule never fires: each of the 5 trajectories runs to the cap
+    assert pool_cells[0, 0, 3, 4] == 5 * 1024 * build_model(EQR).model.config.blocks_per_step
