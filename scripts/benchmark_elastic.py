@@ -8,6 +8,9 @@ For each depth cap D it runs the grid (every row to D, the rules' answers read o
 and prints wall and CPU seconds, puzzles/s, the rows computed (row-steps; the pool's include idle
 slots while it drains), the NFE per puzzle the rules report, and checks that both give the same counts.
 Once the pool is full, its time over the grid's should follow its row-steps over the grid's.
+--calibration D instead prints the halting head's calibration over D steps of trajectory 1: per step,
+the share of puzzles solved, the mean q_halt of solved and unsolved ones, and for each threshold the
+share of trajectories with q > threshold and how many of those are solved (the rule's precision).
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ from evaluation.keyed_rng import KeyedSampler  # noqa: E402
 from evaluation.pool import elastic_batches  # noqa: E402
 from models.checkpoint import load_for_eval  # noqa: E402
 from models.halting import rules_from  # noqa: E402
+from utils.constants import IGNORE_LABEL_ID  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 
 
@@ -33,6 +37,40 @@ def timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+@torch.inference_mode()
+def calibration(inner, batches, depth: int, thresholds: list[float], seed: int) -> int:
+    """q_halt against correctness per step, trajectory 1 of every real puzzle, keyed as the grid's rows."""
+    qs, solved = [], []
+    for b in batches:
+        labelled = b["labels"] != IGNORE_LABEL_ID
+        real = b["mask"] & labelled.any(-1)
+        sampler = KeyedSampler(seed, b["index"], torch.zeros_like(b["index"]))
+        n = len(b["index"])
+        z_H = torch.zeros(n, inner.config.seq_len, inner.config.hidden_size, dtype=inner.config.dtype)
+        z_L = torch.zeros_like(z_H)
+        inner.reset_latents(z_H, z_L, torch.ones(n, dtype=torch.bool), sampler)
+
+        q_rows, s_rows = [], []
+        for _ in range(depth):
+            z_H, z_L, logits, q = inner(z_H, z_L, b["inputs"], sampler)
+            q_rows.append(q[real])
+            s_rows.append(((logits.argmax(-1) == b["labels"]) | ~labelled).all(-1)[real])
+        qs.append(torch.stack(q_rows, 1))
+        solved.append(torch.stack(s_rows, 1))
+    q, ok = torch.cat(qs), torch.cat(solved)
+    print(f"{len(q)} puzzles, trajectory 1: step, solved %, mean q solved / unsolved, "
+          + ", ".join(f"[q>{t:g}: % of rows, % of them solved]" for t in thresholds))
+    for t in range(depth):
+        mean = lambda m: f"{q[m, t].mean():6.2f}" if m.any() else "     -"
+        cols = []
+        for threshold in thresholds:
+            above = q[:, t] > threshold
+            cols.append(f"{100 * above.double().mean():5.1f} {100 * ok[above, t].double().mean():5.1f}"
+                        if above.any() else f"{0:5.1f}     -")
+        print(f"{t + 1:4d} {100 * ok[:, t].double().mean():6.1f} {mean(ok[:, t])} / {mean(~ok[:, t])}   " + "   ".join(cols))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -50,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the figures as JSON")
+    parser.add_argument("--calibration", type=int, default=None, metavar="D", help="print q vs correctness per step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     head, info = load_for_eval(args.checkpoint)
@@ -60,6 +99,8 @@ def main(argv=None) -> int:
     pool = args.pool or args.batch * args.breadth
     print(f"{info['uri']} on {args.data}: {puzzles} puzzles, B{args.breadth}, rules {[r.label for r in rules]}, "
           f"grid batch {args.batch}, pool {pool} slots, {args.threads} thread(s)")
+    if args.calibration:
+        return calibration(inner, batches, args.calibration, args.thresholds, args.seed)
     results = []
     for depth in args.depths:
         common = dict(depths=(depth,), breadths=(args.breadth,), blocks_per_step=inner.config.blocks_per_step,

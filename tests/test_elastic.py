@@ -91,3 +91,22 @@ def test_depth_1024_in_the_grid_and_the_pool():
     assert torch.equal(cells, pool_cells) and torch.equal(hist, pool_hist)
     assert stats["busy_steps"] == 5 * 1024  # the second rule never fires: each of the 5 trajectories runs to the cap
     assert pool_cells[0, 0, 3, 4] == 5 * 1024 * build_model(EQR).model.config.blocks_per_step
+
+
+def test_benchmark_elastic_runs_both_and_finds_the_same_counts(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("benchmark_elastic", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "benchmark_elastic.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    head = build_model(EQR, q_weight_std=0.6)
+    data = write_data(str(tmp_path / "data"), head, n=9)
+    ckpt = write_checkpoint(str(tmp_path / "ckpt.pt"), head, data)
+    out = str(tmp_path / "bench.json")
+    assert bench.main([ckpt, data, "--depths", "4", "--puzzles", "9", "--batch", "4", "--out", out]) == 0
+    with open(out) as f:
+        run = json.load(f)["runs"][0]
+    assert run["same_counts"] and run["pool_busy_row_steps"] <= run["pool_row_steps"]
+    capsys.readouterr()
+    assert bench.main([ckpt, data, "--puzzles", "9", "--batch", "4", "--calibration", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 + 3  # the header lines and one per step
