@@ -166,9 +166,9 @@ def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     depths = cfg.depths or [cfg.halt_max_steps or model_config.halt_max_steps]
     breadths = cfg.breadths or [cfg.different_init or 1]
     pool = elastic(cfg, model_config)
-    own = lambda key, arch_key: getattr(model_config, arch_key) if getattr(cfg, key) is None else getattr(cfg, key)
-    rules = rules_from(own("halt_threshold", "halt_threshold"), own("halt_confirm_steps", "halt_confirm_steps"),
-                       own("halt_confirm_mode", "halt_confirm_mode"), cfg.halt_min_steps) if cfg.halt or pool else ()
+    own = lambda key: getattr(model_config, key) if getattr(cfg, key) is None else getattr(cfg, key)  # null: arch's
+    rules = rules_from(own("halt_threshold"), own("halt_confirm_steps"), own("halt_confirm_mode"),
+                       cfg.halt_min_steps) if cfg.halt or pool else ()
     return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
                     blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
                     window=cfg.convergence_window, halt=bool(rules), halt_rules=rules, elastic=pool,
