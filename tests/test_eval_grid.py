@@ -370,3 +370,7 @@ def test_presets_compose_and_command_line_wins():
     assert cfg.depths == [2, 4]
     cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=headline"]))
     assert (cfg.halt_max_steps, cfg.different_init, cfg.depths) == (64, 128, None)
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=elastic"]))
+    assert (cfg.act_inference, cfg.halt_max_steps, cfg.halt_threshold) == (True, 64, 1.0)
+    spec = evaluate.grid_spec(cfg, ModelConfig(**EQR))
+    assert spec.elastic and [r.label for r in spec.halting_rules] == ["q>1"]
