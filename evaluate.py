@@ -5,13 +5,15 @@
 
 One cell, as the reference:  halt_max_steps=64 different_init=128 convergence_top_k=1 global_batch_size=16
 A grid, in ONE pass:         depths=[1,2,4,8,16,32,64] breadths=[1,4,16,64,128]   (or eval=paper_grid)
-Elastic budget (halting):    halt=true [halt_threshold=0]
+Halting rules in the grid:   halt=true [halt_threshold=[0,1] halt_confirm_steps=[0,2] halt_confirm_mode=consecutive]
+Elastic inference (the pool): act_inference=true halt_max_steps=256 [halting keys as above]  (or eval=elastic)
 The authors' form:           eval_yaml=config/eval/depth_breadth.yaml dataset_data_path=DATA   (scripts/eval.sh)
 Keys and defaults: config/cfg_eval.yaml; metrics and outputs: docs/evaluation.md.
 Writes results.json, results.csv and PNG plots to output_dir (save_outputs=true: also predictions.npz);
 resume=true continues a killed sweep. With plots=true, render_examples=N also draws N solved and N failed
 puzzles (examples_*.png).
 """
+import math
 import os
 import signal
 import sys
@@ -29,6 +31,8 @@ from evaluation import predictions, render, report
 from evaluation.grid import (GridSpec, fingerprint, fresh_init_std, memory_lower_bound, partial_path, remove_partial,
                              resume_partial, row_keys, run_batch, save_partial)
 from evaluation.keyed_rng import KeyedSampler
+from evaluation.pool import elastic_batches
+from models.halting import rules_from
 from models.checkpoint import load_for_eval
 from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.constants import IGNORE_LABEL_ID
@@ -59,7 +63,12 @@ class EvalConfig:
     convergence_top_k: int
     convergence_window: int
     halt: bool
-    halt_threshold: float
+    act_inference: bool | None
+    halt_threshold: float | list | None
+    halt_confirm_steps: int | list | None
+    halt_confirm_mode: str | list | None
+    halt_min_steps: int | list
+    pool_size: int | None
     global_batch_size: int | None
     max_eval_steps: int | None
     seed: int | None
@@ -81,7 +90,7 @@ class EvalConfig:
             raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
         if self.rng not in ("keyed", "torch"):
             raise ConfigError(f"rng: expected keyed or torch, got {self.rng!r}")
-        for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps", "threads"):
+        for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps", "threads", "pool_size"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
@@ -99,6 +108,10 @@ class EvalConfig:
             raise ConfigError(f"halt_max_steps: {self.halt_max_steps} disagrees with max(depths) = {max(self.depths)}")
         if self.breadths and self.different_init not in (None, 1, max(self.breadths)):
             raise ConfigError(f"different_init: {self.different_init} disagrees with max(breadths) = {max(self.breadths)}")
+        if self.act_inference and self.depths and len(self.depths) > 1:
+            raise ConfigError(f"depths: act_inference runs to one depth cap (halt_max_steps), got depths={self.depths}")
+        if self.act_inference and self.save_outputs:
+            raise ConfigError("save_outputs: not available with act_inference (run the grid with halt=true instead)")
         if self.resume and not self.output_dir:
             raise ConfigError("resume: needs output_dir=<the folder of the sweep to continue>")
 
@@ -145,20 +158,38 @@ def dataset_for(data_path: str | None, train_config: dict, split: str, model_con
     return data_path, meta
 
 
+def elastic(cfg: EvalConfig, model_config) -> bool:
+    """Whether to run the elastic pool: act_inference, else the checkpoint's arch.act_inference."""
+    return bool(model_config.act_inference if cfg.act_inference is None else cfg.act_inference)
+
+
 def grid_spec(cfg: EvalConfig, model_config) -> GridSpec:
     depths = cfg.depths or [cfg.halt_max_steps or model_config.halt_max_steps]
     breadths = cfg.breadths or [cfg.different_init or 1]
+    pool = elastic(cfg, model_config)
+    own = lambda key: getattr(model_config, key) if getattr(cfg, key) is None else getattr(cfg, key)  # null: arch's
+    rules = rules_from(own("halt_threshold"), own("halt_confirm_steps"), own("halt_confirm_mode"),
+                       cfg.halt_min_steps) if cfg.halt or pool else ()
     return GridSpec(depths=tuple(sorted(set(depths))), breadths=tuple(sorted(set(breadths))),
                     blocks_per_step=model_config.blocks_per_step, top_k=cfg.convergence_top_k,
-                    window=cfg.convergence_window, halt=cfg.halt, halt_threshold=float(cfg.halt_threshold),
+                    window=cfg.convergence_window, halt=bool(rules), halt_rules=rules, elastic=pool,
                     fresh_init_std=fresh_init_std(model_config, cfg.different_init_reset_std))
 
 
-def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device) -> None:
-    """Refuse, before allocating, a batch x breadth whose latents alone exceed the free memory."""
+def pool_rows(cfg: EvalConfig, spec: GridSpec, global_batch_size: int, world_size: int) -> int:
+    """The elastic pool's slots per process: pool_size, else as many rows as a grid batch runs."""
+    return cfg.pool_size or global_batch_size // world_size * spec.rows_per_puzzle
+
+
+def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_size: int, device: torch.device,
+                 pool_size: int | None = None) -> None:
+    """Refuse, before allocating, a batch x breadth (or an elastic pool) whose latents alone exceed the free memory."""
     free = free_memory(device)
     per_puzzle = memory_lower_bound(model_config, spec.rows_per_puzzle)
     need = per_puzzle * (global_batch_size // world_size)
+    if pool_size and memory_lower_bound(model_config, pool_size) > (free or math.inf):
+        raise ConfigError(f"pool_size: {pool_size} slots need at least {memory_lower_bound(model_config, pool_size) / 2**30:.1f} "
+                          f"GiB, {free / 2**30:.1f} GiB is free on {device}")
     if free is None or need <= free:
         return
     fits = free // per_puzzle * world_size
@@ -214,7 +245,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         raise ConfigError(f"global_batch_size: {global_batch_size} does not split over {world_size} processes")
     seed = cfg.seed if cfg.seed is not None else int(train_setting(train_config, "seed") or 0)
     spec = grid_spec(cfg, model_config)
-    check_memory(model_config, spec, global_batch_size, world_size, device)
+    pool_size = pool_rows(cfg, spec, global_batch_size, world_size) if spec.elastic else None
+    check_memory(model_config, spec, global_batch_size, world_size, device, pool_size)
     max_examples = cfg.max_eval_steps * global_batch_size if cfg.max_eval_steps else None
     num_batches = num_test_batches(data_path, global_batch_size, cfg.split, max_examples)
     examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])
@@ -249,6 +281,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
               f"{'EMA' if info['ema'] else 'raw'} weights) on {data_path}/{cfg.split}: {examples} puzzles, "
               f"depths {list(spec.depths)} x breadths {list(spec.breadths)}, {world_size} process(es) on {device.type}"
               + (f" with {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
+              + (f", elastic pool of {pool_size} slots, {len(spec.halting_rules)} halting rule(s)" if pool_size else "")
               + (", compiled" if compiled else ", eager")
               + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
     from tqdm import tqdm
@@ -260,13 +293,20 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     shown = {"task": task, "solved": [], "failed": []}  # rank 0's first answers at the largest cell, to draw
     want_shown = rank == 0 and cfg.plots and cfg.render_examples > 0 and task is not None
     started = last_save = time.time()
+    cpu_started = time.process_time()
     batch_index = start_batch
-    for batch_index, batch in enumerate(iter_test_batches(data_path, global_batch_size, rank, world_size, cfg.split,
-                                                          max_examples, start_batch=start_batch), start=start_batch):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        sampler = make_sampler(cfg, seed, batch, spec)
-        cells, hist, seconds, headline = run_batch(inner, batch, spec, sampler)
-        if want_shown and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
+    batches = ((i, {k: v.to(device) for k, v in batch.items()}) for i, batch in enumerate(iter_test_batches(
+        data_path, global_batch_size, rank, world_size, cfg.split, max_examples, start_batch=start_batch), start=start_batch))
+    pool_stats = {}
+    if spec.elastic:
+        slots = torch.zeros(pool_size, dtype=torch.long, device=device)
+        sampler = TorchSampler() if cfg.rng == "torch" else KeyedSampler(seed, slots, slots)
+        outcomes = ((i, batch, cells, hist, [0.0], None)
+                   for i, batch, cells, hist in elastic_batches(inner, batches, spec, pool_size, sampler, pool_stats))
+    else:
+        outcomes = ((i, batch, *run_batch(inner, batch, spec, make_sampler(cfg, seed, batch, spec))) for i, batch in batches)
+    for batch_index, batch, cells, hist, seconds, headline in outcomes:
+        if want_shown and headline and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
             keep_examples(shown, batch, headline, cfg.render_examples)
         counts += torch.cat([cells.flatten(), hist.flatten()])
         if writer:
@@ -283,6 +323,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     wall = seconds_before + time.time() - started
+    pool_stats["cpu_time_s"] = time.process_time() - cpu_started  # this process's share (since a resume)
     if writer:
         writer.flush(num_batches)
 
@@ -293,12 +334,13 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         if writer:
             d, b = spec.max_depth, spec.max_breadth
             predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
-        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown)
+        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown,
+                                {**pool_stats, "pool_size": pool_size})
     remove_partial(output_dir, rank, world_size)  # the finished results replace the partial counts
     return results
 
 
-def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown) -> dict:
+def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown, pool) -> dict:
     cells, hist = spec.split(counts)
     rows = report.build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
@@ -308,13 +350,16 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     results = {
         "format": "eqr-eval/1",
         "headline": {"metric": "exact_accuracy", "depth": d, "breadth": b, "rule": rule,
-                     "description": report.RULE_TEXT[rule], "accuracy": head["accuracy"],
+                     "description": report.rule_text(spec, rule), "accuracy": head["accuracy"],
                      "correct": head["correct"], "total": head["total"]},
         "checkpoint": {k: info[k] for k in ("uri", "source", "sha256", "format", "step", "ema")},
         "data": {"path": identity["data_path"], "split": identity["split"], "puzzles": puzzles},
         "config": asdict(cfg),
         "grid": spec.to_dict(),
         "rules": spec.rules,
+        "halt_rules": [dict(r.to_dict(), suffix=suffix, label=r.label) for r, suffix in zip(spec.halting_rules, spec.halt_suffixes)],
+        "cpu_time_s": pool.pop("cpu_time_s"),  # rank 0's CPU time in the loop (all threads), since a resume
+        "elastic": pool if spec.elastic else None,  # rank 0's pool: steps, slot_steps (rows run), busy_steps (rows with work)
         "config_fingerprint": fingerprint(identity),
         "identity": identity,
         "world_size": identity["world_size"],
@@ -335,7 +380,7 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
     if cfg.plots:
         report.write_plots(output_dir, spec, rows, checkpoint_name(cfg.checkpoint), puzzles)
-        cell = f"{checkpoint_name(cfg.checkpoint)}: D={spec.max_depth} B={spec.max_breadth}, {report.RULE_TEXT[rule]}"
+        cell = f"{checkpoint_name(cfg.checkpoint)}: D={spec.max_depth} B={spec.max_breadth}, {report.rule_text(spec, rule)}"
         for outcome in ("solved", "failed"):
             if shown[outcome]:
                 render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],

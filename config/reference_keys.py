@@ -60,8 +60,6 @@ INERT = {
         "convergence_top_k": (_EVAL_ONLY, ANY),
         "convergence_vis_plots": (_EVAL_ONLY, ANY),
         "arch.H_layers": ("does nothing here (it builds no layer in the authors' model either)", ANY),
-        "arch.no_ACT_continue": ("works here only as true (a row halts on q_halt alone, as in all their presets)",
-                                 (True,)),
         "dataset.evaluators": ("works here only as [] (no extra evaluators, as in all their presets)", ([],)),
     },
     "eval": {

@@ -10,7 +10,13 @@ from its fixed latents. One pass then runs one more row per puzzle, from the fix
 B = 1 column, so that column still equals a separate B = 1 run.
 
 Memory does not grow with D: per row we keep the latents, the previous step's logits, the last
-`window` change norms and, with halting, the answer and step at which the row halted.
+`window` change norms and, with halting, per rule the answer and step at which the row halted.
+
+Halting (models/halting.py): each rule of `spec.halting_rules` decides for every trajectory by itself;
+at depth D a trajectory the rule has not halted by D answers with its step-D answer (D is the cap).
+A rule's puzzle answer at B > 1 is read from its trajectories' halted answers (trajectory 1, the vote,
+pass@k) and costs the sum of their steps: the puzzle stops when its last trajectory has halted.
+evaluation/pool.py runs the same rules and stops computing a trajectory once every rule has decided.
 
 Counts (int64) per depth, breadth and rule: FIELDS below. pass@k comes from a histogram of
 "c of the first B trajectories right" per (D, B), so every reported number is an exact function of
@@ -26,6 +32,8 @@ import torch
 
 from evaluation import selection
 from evaluation.keyed_rng import trajectory_keys
+from models import halting
+from models.halting import HaltRule
 from utils.files import atomic_save
 from models.eqr import ConfigError
 from models.losses import IGNORE_LABEL_ID
@@ -40,9 +48,11 @@ class GridSpec:
     blocks_per_step: int
     top_k: int = 1  # cumulative top-k-by-convergence curve up to k = min(top_k, B)
     window: int = 3  # convergence score: mean change norm over the last `window` steps
-    halt: bool = False  # also report answers that stop at the first step with q > halt_threshold
+    halt: bool = False  # also report the answers of halting rules: halt_rules, else q > halt_threshold alone
     halt_threshold: float = 0.0
     fresh_init_std: float | None = None  # set for fixed-init models: B > 1 trajectories start from fresh draws
+    halt_rules: tuple[HaltRule, ...] = ()
+    elastic: bool = False  # evaluation/pool.py's counts: the halting rules only, at the one depth cap
 
     def __post_init__(self):
         for key in ("depths", "breadths"):
@@ -54,6 +64,24 @@ class GridSpec:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
         if self.fresh_init_std is not None and not self.fresh_init_std > 0:
             raise ConfigError(f"different_init_reset_std: expected a positive number or null, got {self.fresh_init_std!r}")
+        if self.elastic and (len(self.depths) > 1 or not self.halting_rules):
+            raise ConfigError("act_inference: the elastic evaluator takes one depth cap (halt_max_steps) and a halting rule")
+
+    @property
+    def halting_rules(self) -> tuple[HaltRule, ...]:
+        if self.halt_rules:
+            return tuple(self.halt_rules)
+        return (HaltRule(self.halt_threshold),) if self.halt or self.elastic else ()
+
+    @property
+    def halt_suffixes(self) -> list[str]:
+        """Rule-name suffix of each halting rule: '+halt' for the first, '+halt2', '+halt3', ... after it."""
+        return ["+halt" if i == 0 else f"+halt{i + 1}" for i in range(len(self.halting_rules))]
+
+    @property
+    def hist_suffixes(self) -> list[str]:
+        """What each pass@k histogram counts: '' the plain answers, then one per halting rule."""
+        return ([] if self.elastic else [""]) + self.halt_suffixes
 
     @property
     def max_depth(self) -> int:
@@ -78,8 +106,9 @@ class GridSpec:
 
     @property
     def rules(self) -> list[str]:
-        rules = ["traj1", "all_traj", *[f"conv_top{k}" for k in range(1, self.conv_k + 1)], "majority"]
-        return rules + (["traj1+halt", "all_traj+halt", "majority+halt"] if self.halt else [])
+        rules = [] if self.elastic else ["traj1", "all_traj", *[f"conv_top{k}" for k in range(1, self.conv_k + 1)],
+                                         "majority"]
+        return rules + [f"{rule}{suffix}" for suffix in self.halt_suffixes for rule in ("traj1", "all_traj", "majority")]
 
     @property
     def cell_shape(self) -> tuple[int, ...]:
@@ -87,7 +116,7 @@ class GridSpec:
 
     @property
     def hist_shape(self) -> tuple[int, ...]:
-        return len(self.depths), len(self.breadths), 2 if self.halt else 1, self.max_breadth + 1
+        return len(self.depths), len(self.breadths), len(self.hist_suffixes), self.max_breadth + 1
 
     @property
     def size(self) -> int:
@@ -99,7 +128,7 @@ class GridSpec:
 
     def reported(self, depth: int, breadth: int, rule: str) -> bool:
         """Whether a rule means something at (D, B): convergence needs D >= 2 and k <= B > 1; votes need B > 1."""
-        base = rule.removesuffix("+halt")
+        base = rule.split("+")[0]
         if base.startswith("conv_top"):
             return depth >= 2 and breadth > 1 and int(base[len("conv_top"):]) <= breadth
         if base == "majority":
@@ -107,11 +136,19 @@ class GridSpec:
         return True
 
     def headline_rule(self, depth: int, breadth: int) -> str:
-        """The paper's metric for a cell: top-1 by convergence where it is reported, trajectory 1 otherwise."""
+        """The paper's metric for a cell: top-1 by convergence where it is reported, trajectory 1 otherwise;
+        the elastic evaluator's: the first halting rule's answer (trajectory 1, or the vote at B > 1)."""
+        if self.elastic:
+            return "majority+halt" if breadth > 1 else "traj1+halt"
         return "conv_top1" if self.reported(depth, breadth, "conv_top1") else "traj1"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def base_rule(rule: str) -> str:
+    """'majority+halt2' -> 'majority' (the same answer without halting)."""
+    return rule.split("+")[0]
 
 
 def fresh_init_std(model_config, reset_std: float | None) -> float | None:
@@ -193,23 +230,66 @@ def _convergence_counts(breadths, top_k, real, n_labels, exact, tokens, scores, 
 def _depth_counts(spec: GridSpec, breadths, real, n_labels, step: int, per_row: dict):
     """Every rule's counts at one depth for `breadths` -> ([nB, rules, 5], pass histograms [nB, H, Bm + 1]).
 
-    per_row holds [L, Bm, ...] views: tokens, exact, preds, scores and, with halting, the halted
-    answers h_tokens, h_exact, h_preds, h_steps.
+    per_row holds [L, Bm, ...] views: tokens, exact, preds, scores (absent for spec.elastic) and, with
+    halting, each rule's answers h_tokens, h_exact, h_steps [R, L, Bm], h_preds [R, L, Bm, S].
     """
-    L, Bm = per_row["tokens"].shape
+    L, Bm = per_row["h_tokens" if spec.elastic else "tokens"].shape[-2:]
     hist = torch.zeros(len(breadths), spec.hist_shape[2], Bm + 1, dtype=torch.long, device=real.device)
-    steps = torch.full((L, Bm), step, dtype=torch.long, device=real.device)
-    answers, spent, hist[:, 0, :breadths[-1] + 1] = _answer_counts(
-        breadths, real, n_labels, per_row["exact"], per_row["tokens"], per_row["preds"], steps, spec.blocks_per_step)
-    conv = _convergence_counts(breadths, spec.conv_k, real, n_labels, per_row["exact"], per_row["tokens"],
-                               per_row["scores"], spent)
-    parts = [answers[:, :2], conv, answers[:, 2:]]
-    if spec.halt:
-        h_answers, _, hist[:, 1, :breadths[-1] + 1] = _answer_counts(
-            breadths, real, n_labels, per_row["h_exact"], per_row["h_tokens"], per_row["h_preds"], per_row["h_steps"],
+    parts = []
+    if not spec.elastic:
+        steps = torch.full((L, Bm), step, dtype=torch.long, device=real.device)
+        answers, spent, hist[:, 0, :breadths[-1] + 1] = _answer_counts(
+            breadths, real, n_labels, per_row["exact"], per_row["tokens"], per_row["preds"], steps, spec.blocks_per_step)
+        conv = _convergence_counts(breadths, spec.conv_k, real, n_labels, per_row["exact"], per_row["tokens"],
+                                   per_row["scores"], spent)
+        parts = [answers[:, :2], conv, answers[:, 2:]]
+    first = 0 if spec.elastic else 1
+    for r in range(len(spec.halting_rules)):
+        h_answers, _, hist[:, first + r, :breadths[-1] + 1] = _answer_counts(
+            breadths, real, n_labels, *(per_row[k][r] for k in ("h_exact", "h_tokens", "h_preds", "h_steps")),
             spec.blocks_per_step)
         parts.append(h_answers)
     return torch.cat(parts, 1), hist
+
+
+def row_views(spec: GridSpec, L: int):
+    """Two maps from a batch's rows (laid out as row_keys says; `lead` axes before the row axis, e.g. one
+    per halting rule) to [..., puzzle, trajectory, ...]: all Bm trajectories, and the B = 1 column's, where
+    trajectory 0 is the row from the fixed latents (spec.fixed_row)."""
+    Bm = spec.max_breadth
+
+    def view(x, lead=0):
+        return x.narrow(lead, 0, L * Bm).reshape(*x.shape[:lead], L, Bm, *x.shape[lead + 1:])
+
+    def fixed_view(x, lead=0):
+        fixed = x.narrow(lead, L * Bm, L).reshape(*x.shape[:lead], L, 1, *x.shape[lead + 1:])
+        return torch.cat([fixed, view(x, lead).narrow(lead + 1, 1, Bm - 1)], lead + 1)
+
+    return view, fixed_view
+
+
+def tally(spec: GridSpec, real, n_labels, step: int, now: dict, view, fixed_view):
+    """One depth's counts of a batch from its per-row values `now` (h_* entries carry a leading rule axis)."""
+    lead = lambda key: 1 if key.startswith("h_") else 0
+    cells, hist = _depth_counts(spec, spec.breadths, real, n_labels, step, {k: view(v, lead(k)) for k, v in now.items()})
+    if spec.fixed_row:
+        cells[:1], hist[:1] = _depth_counts(spec, (1,), real, n_labels, step,
+                                            {k: fixed_view(v, lead(k)) for k, v in now.items()})
+    return cells, hist
+
+
+def batch_rows(spec: GridSpec, batch: dict):
+    """The per-row copies of a batch (inputs, labels, labelled, n_labels) and which puzzles count (real [L])."""
+    Bm = spec.max_breadth
+    labelled = batch["labels"] != IGNORE_LABEL_ID
+    n_labels = labelled.sum(-1)
+    real = batch["mask"] & (n_labels > 0)  # padding rows and unlabelled rows are never counted
+
+    def per_row(x):  # [L, ...] -> one copy per row
+        rows = x.repeat_interleave(Bm, 0)
+        return torch.cat([rows, x]) if spec.fixed_row else rows
+
+    return [per_row(x) for x in (batch["inputs"], batch["labels"], labelled, n_labels)], real, n_labels
 
 
 @torch.inference_mode()
@@ -220,22 +300,13 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     model's randomness for the rows laid out as row_keys(spec, batch["index"]) says.
     headline: the answer of the headline cell (max depth, max breadth, spec.headline_rule) per puzzle:
     trajectory [L] (0-based), answer [L, S] (argmax tokens), solved [L] (bool; False for uncounted rows),
-    settled_step [L] (the step after which that trajectory's answer no longer changed) and, with spec.halt,
-    halt_step [L] (its first step with q > halt_threshold; 0: none).
+    settled_step [L] (the step after which that trajectory's answer no longer changed) and, with halting,
+    halt_step [L] (the step at which the first halting rule stopped it; 0: not before the cap).
     """
     start = time.perf_counter()
     config, device = inner.config, batch["inputs"].device
     Bm, L = spec.max_breadth, batch["inputs"].shape[0]
-    labels = batch["labels"]
-    labelled = labels != IGNORE_LABEL_ID
-    n_labels = labelled.sum(-1)
-    real = batch["mask"] & (n_labels > 0)  # padding rows and unlabelled rows are never counted
-
-    def per_row(x):  # [L, ...] -> one copy per row
-        rows = x.repeat_interleave(Bm, 0)
-        return torch.cat([rows, x]) if spec.fixed_row else rows
-
-    inputs, row_labels, row_labelled, row_n_labels = map(per_row, (batch["inputs"], labels, labelled, n_labels))
+    (inputs, row_labels, row_labelled, row_n_labels), real, n_labels = batch_rows(spec, batch)
     rows = inputs.shape[0]
 
     shape = (rows, config.latent_len, config.hidden_size)
@@ -250,17 +321,18 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     hist = torch.zeros(spec.hist_shape, dtype=torch.long, device=device)
     changes = torch.zeros(spec.window, rows, dtype=torch.float32, device=device)  # ring of the last change norms
     previous = None
-    if spec.halt:
-        halted = torch.zeros(rows, dtype=torch.bool, device=device)
-        halt_step = torch.zeros(rows, dtype=torch.long, device=device)
-        halt_tokens = torch.zeros(rows, dtype=torch.long, device=device)
-        halt_preds = torch.zeros(rows, config.seq_len, dtype=torch.long, device=device)
+    R = len(spec.halting_rules)
+    if R:
+        rules = halting.stack(spec.halting_rules, device)
+        counter = torch.zeros(R, rows, dtype=torch.int32, device=device)
+        halted = torch.zeros(R, rows, dtype=torch.bool, device=device)
+        halt_step = torch.zeros(R, rows, dtype=torch.long, device=device)
+        halt_tokens = torch.zeros(R, rows, dtype=torch.long, device=device)
+        halt_preds = torch.zeros(R, rows, config.seq_len, dtype=torch.long, device=device)
     last_preds = torch.full((rows, config.seq_len), -1, dtype=torch.long, device=device)
     settled = torch.zeros(rows, dtype=torch.long, device=device)
     depth_seconds = []
-    view = lambda x: x[:L * Bm].view(L, Bm, *x.shape[1:])  # rows -> [puzzle, trajectory, ...]
-    # The B = 1 column's view: trajectory 0 is the row from the fixed latents.
-    fixed_view = lambda x: torch.cat([x[L * Bm:].view(L, 1, *x.shape[1:]), view(x)[:, 1:]], 1)
+    view, fixed_view = row_views(spec, L)
 
     for step in range(1, spec.max_depth + 1):
         z_H, z_L, logits, q = inner(z_H, z_L, inputs, sampler)
@@ -270,11 +342,12 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
         if previous is not None:  # change norm: L2 over the vocab, mean over tokens
             changes[(step - 2) % spec.window] = (current - previous).norm(dim=-1).mean(-1)
         previous = current
-        if spec.halt:
-            stop = ~halted & (q > spec.halt_threshold)
+        if R:  # the cap is applied at each depth below, so here max_steps never fires
+            counter, stop = halting.step(rules, counter, q, inner.q_continue(z_H), torch.full_like(q, step, dtype=torch.int32), spec.max_depth + 1)
+            stop &= ~halted
             halt_step = torch.where(stop, step, halt_step)
             halt_tokens = torch.where(stop, tokens, halt_tokens)
-            halt_preds = torch.where(stop[:, None], preds, halt_preds)
+            halt_preds = torch.where(stop[..., None], preds, halt_preds)
             halted |= stop
         settled = torch.where((preds != last_preds).any(-1), step, settled)
         last_preds = preds
@@ -285,15 +358,11 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
         filled = min(step - 1, spec.window)
         scores = changes[:filled].mean(0) if filled else torch.zeros(rows, device=device)
         now = {"tokens": tokens, "exact": tokens == row_n_labels, "preds": preds, "scores": scores}
-        if spec.halt:  # a row that has not halted by this depth answers with its prediction here
+        if R:  # a row that has not halted by this depth answers with its prediction here
             h_tokens = torch.where(halted, halt_tokens, tokens)
             now.update(h_tokens=h_tokens, h_exact=h_tokens == row_n_labels, h_steps=torch.where(halted, halt_step, step),
-                       h_preds=torch.where(halted[:, None], halt_preds, preds))
-        cells[d], hist[d] = _depth_counts(spec, spec.breadths, real, n_labels, step,
-                                          {k: view(v) for k, v in now.items()})
-        if spec.fixed_row:
-            cells[d, :1], hist[d, :1] = _depth_counts(spec, (1,), real, n_labels, step,
-                                                      {k: fixed_view(v) for k, v in now.items()})
+                       h_preds=torch.where(halted[..., None], halt_preds, preds))
+        cells[d], hist[d] = tally(spec, real, n_labels, step, now, view, fixed_view)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         depth_seconds.append(time.perf_counter() - start)
@@ -306,8 +375,8 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     pick = lambda x: view(x)[torch.arange(L, device=device), trajectory]
     headline = {"trajectory": trajectory, "answer": pick(now["preds"]), "solved": pick(now["exact"]) & real,
                 "settled_step": pick(settled)}
-    if spec.halt:
-        headline["halt_step"] = pick(halt_step)
+    if R:
+        headline["halt_step"] = pick(halt_step[0])
     return cells, hist, depth_seconds, headline
 
 

@@ -60,10 +60,20 @@ class KeyedSampler:
     """
 
     def __init__(self, seed: int, puzzle: torch.Tensor, trajectory: torch.Tensor):
-        base = mix64(torch.full_like(puzzle, seed, dtype=torch.int64))
-        self.keys = absorb(absorb(base, puzzle.long()), trajectory.long())
+        self.seed = seed
+        self.keys = self._keys(puzzle, trajectory)
         self.calls = torch.zeros_like(self.keys)  # draws made so far, per row
         self._offsets = {}
+
+    def _keys(self, puzzle: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
+        base = mix64(torch.full_like(puzzle, self.seed, dtype=torch.int64))
+        return absorb(absorb(base, puzzle.long()), trajectory.long())
+
+    def rekey(self, rows: torch.Tensor, puzzle: torch.Tensor, trajectory: torch.Tensor) -> None:
+        """Give batch rows `rows` to new trajectories: from now on they draw as (seed, puzzle, trajectory)
+        from its first draw (the elastic evaluator refills a slot this way)."""
+        self.keys[rows] = self._keys(puzzle, trajectory)
+        self.calls[rows] = 0
 
     def _bits(self, rows: torch.Tensor | None, numel: int) -> torch.Tensor:
         keys, calls = (self.keys, self.calls) if rows is None else (self.keys[rows], self.calls[rows])

@@ -9,7 +9,7 @@ import math
 import os
 
 from evaluation import render, selection
-from evaluation.grid import FIELDS, GridSpec
+from evaluation.grid import FIELDS, GridSpec, base_rule
 from utils.files import atomic_write
 
 RULE_TEXT = {
@@ -18,9 +18,23 @@ RULE_TEXT = {
     "majority": "majority vote over the B answers (tie: the answer seen first)",
     "conv_top1": "top-1 by convergence (the paper's B>1 metric)",
 }
-CSV_COLUMNS = ["depth", "breadth", "rule", "halting", "correct", "total", "accuracy", "token_correct", "token_total",
+CSV_COLUMNS = ["depth", "breadth", "rule", "halting", "halt_rule", "correct", "total", "accuracy", "token_correct", "token_total",
                "token_accuracy", "nfe_per_puzzle", "nfe_saving_at_equal_accuracy", "time_to_depth_s",
                "pass_wall_time_s", "checkpoint_sha256", "config_fingerprint"]
+
+
+def rule_text(spec: GridSpec, rule: str) -> str:
+    """What a rule name means, for tables and results.json."""
+    base, suffix = base_rule(rule), rule[len(base_rule(rule)):]
+    text = RULE_TEXT.get(base, base)
+    if suffix:
+        text += f", each trajectory halting by {dict(zip(spec.halt_suffixes, spec.halting_rules))[suffix].label}"
+    return text
+
+
+def halting_rule_at(breadth: int) -> str:
+    """The answer of a halting rule's puzzle: trajectory 1 at B = 1, the vote of the halted answers at B > 1."""
+    return "traj1" if breadth == 1 else "majority"
 
 
 def _ratio(a, b):
@@ -36,24 +50,26 @@ def build_rows(spec: GridSpec, cells, hist, depth_seconds: list[float] | None = 
                 if not spec.reported(depth, breadth, rule):
                     continue
                 c = dict(zip(FIELDS, (int(x) for x in cells[d, b, r].tolist())))
-                rows.append({"depth": depth, "breadth": breadth, "rule": rule, "halting": rule.endswith("+halt"),
+                rows.append({"depth": depth, "breadth": breadth, "rule": rule, "halting": "+" in rule,
                              **{k: c[k] for k in ("correct", "total", "token_correct", "token_total")},
                              "accuracy": _ratio(c["correct"], c["total"]),
                              "token_accuracy": _ratio(c["token_correct"], c["token_total"]),
                              "nfe_per_puzzle": _ratio(c["nfe"], cells[d, b, 0, FIELDS.index("total")].item())})
-            spent = _ratio(cells[d, b, 1, FIELDS.index("nfe")].item(), cells[d, b, 0, FIELDS.index("total")].item())
-            for h in range(hist.shape[2]):
+            for h, suffix in enumerate(spec.hist_suffixes):
                 histogram = [int(x) for x in hist[d, b, h].tolist()]
                 puzzles = sum(histogram)
+                spent = _ratio(cells[d, b, spec.rules.index("all_traj" + suffix), FIELDS.index("nfe")].item(), puzzles)
                 for k in selection.pass_ks(breadth):
                     value = selection.pass_at_k_from_histogram(histogram, breadth, k)
-                    rows.append({"depth": depth, "breadth": breadth, "rule": f"pass@{k}" + ("+halt" if h else ""),
-                                 "halting": bool(h), "correct": round(value * puzzles, 6), "total": puzzles,
+                    rows.append({"depth": depth, "breadth": breadth, "rule": f"pass@{k}{suffix}",
+                                 "halting": bool(suffix), "correct": round(value * puzzles, 6), "total": puzzles,
                                  "token_correct": None, "token_total": None, "accuracy": value, "token_accuracy": None,
-                                 "nfe_per_puzzle": spent if not h else _ratio(
-                                     cells[d, b, spec.rules.index("all_traj+halt"), FIELDS.index("nfe")].item(), puzzles)})
+                                 "nfe_per_puzzle": spent})
+    labels = dict(zip(spec.halt_suffixes, spec.halting_rules))
     for row in rows:
         row["time_to_depth_s"] = depth_seconds[spec.depths.index(row["depth"])] if depth_seconds else None
+        rule = labels.get(row["rule"][len(base_rule(row["rule"])):])
+        row["halt_rule"] = rule.label if rule else None
     add_nfe_savings(rows)
     return rows
 
@@ -65,7 +81,7 @@ def add_nfe_savings(rows: list[dict]) -> None:
         row["nfe_saving_at_equal_accuracy"] = None
         if not row["halting"] or not row["nfe_per_puzzle"]:
             continue
-        rule = row["rule"].removesuffix("+halt")
+        rule = base_rule(row["rule"])
         reach = [r["nfe_per_puzzle"] for r in rows if r["rule"] == rule and r["breadth"] == row["breadth"]
                  and r["accuracy"] >= row["accuracy"]]
         if reach:
@@ -119,28 +135,42 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
         for breadth in spec.breadths:
             lines.append(f"{breadth:>9} " + "".join(f"{_pct(pick(depth, breadth)):>7}" for depth in spec.depths))
 
-    block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
-          lambda d, b: find(rows, d, b, spec.headline_rule(d, b)))
-    block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
-    if spec.max_breadth > 1:
+    if spec.elastic:
+        lines = [f"Elastic inference on {puzzles} puzzles: exact accuracy (%) = whole board right."]
+    else:
+        block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
+              lambda d, b: find(rows, d, b, spec.headline_rule(d, b)))
+        block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
+    if spec.max_breadth > 1 and not spec.elastic:
         block("majority vote", lambda d, b: find(rows, d, b, "majority"))
         block("pass@B (any of the B right)", lambda d, b: find(rows, d, b, f"pass@{b}"))
         block("reference's plain exact_accuracy at B>1 (mean over all N x B trajectories)",
               lambda d, b: find(rows, d, b, "all_traj"))
-    if spec.halt:
-        block(f"with halting (q > {spec.halt_threshold}): trajectory 1", lambda d, b: find(rows, d, b, "traj1+halt"))
-        lines.append("")
-        lines.append("NFE per puzzle (block applications), trajectory 1, without -> with halting:")
-        for depth in spec.depths:
-            plain, halted = find(rows, depth, 1 if 1 in spec.breadths else spec.breadths[0], "traj1"), \
-                find(rows, depth, 1 if 1 in spec.breadths else spec.breadths[0], "traj1+halt")
-            saving = halted["nfe_saving_at_equal_accuracy"]
-            lines.append(f"  D{depth:<3} {plain['nfe_per_puzzle']:9.1f} ({_pct(plain)}%) -> {halted['nfe_per_puzzle']:9.1f} "
-                         f"({_pct(halted)}%)" + (f"   saving at equal accuracy {saving:.2f}x" if saving else ""))
+    if spec.halting_rules:
+        lines.extend(["", halting_table(spec, rows)])
     d, b = spec.max_depth, spec.max_breadth
     head = find(rows, d, b, spec.headline_rule(d, b))
-    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({RULE_TEXT[spec.headline_rule(d, b)]}): "
+    lines.extend(["", f"HEADLINE exact accuracy D{d} B{b} ({rule_text(spec, spec.headline_rule(d, b))}): "
                       f"{_pct(head).strip()}% ({head['correct']}/{head['total']})"])
+    return "\n".join(lines)
+
+
+def halting_table(spec: GridSpec, rows: list[dict]) -> str:
+    """Per depth cap and breadth: the fixed-depth answer (when computed) and each halting rule's, with NFE per
+    puzzle, exact accuracy and the NFE saving at equal accuracy against the fixed depths of this run."""
+    lines = ["Halting rules (trajectory 1 at B=1, majority vote of the halted answers at B>1):",
+             f"  {'D':>5} {'B':>4}  {'rule':<24} {'NFE/puzzle':>11} {'exact %':>8} {'saving':>7}"]
+    for depth in spec.depths:
+        for breadth in spec.breadths:
+            base = halting_rule_at(breadth)
+            for label, rule in [("fixed depth", base)] + [(r.label, base + suffix) for r, suffix
+                                                          in zip(spec.halting_rules, spec.halt_suffixes)]:
+                row = find(rows, depth, breadth, rule)
+                if row is None:
+                    continue
+                saving = row["nfe_saving_at_equal_accuracy"]
+                lines.append(f"  {depth:>5} {breadth:>4}  {label:<24} {row['nfe_per_puzzle']:>11.1f} {_pct(row):>8} "
+                             + (f"{saving:>6.2f}x" if saving else f"{'-':>7}"))
     return "\n".join(lines)
 
 
@@ -151,9 +181,65 @@ CONVERGENCE_NOTE = ("B>1 lines start at D=2: convergence is the change of the lo
 
 
 def write_plots(output_dir: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzles: int) -> list[str]:
-    """accuracy_heatmap.png (the paper's metric over D x B) and accuracy_vs_nfe.png (accuracy against compute)."""
-    return [_heatmap(os.path.join(output_dir, "accuracy_heatmap.png"), spec, rows, checkpoint, puzzles),
-            _accuracy_vs_nfe(os.path.join(output_dir, "accuracy_vs_nfe.png"), spec, rows, checkpoint, puzzles)]
+    """accuracy_heatmap.png (the paper's metric over D x B) and accuracy_vs_nfe.png (accuracy against compute);
+    with halting rules halting_pareto.png; the elastic evaluator writes only the last."""
+    paths = [] if spec.elastic else [
+        _heatmap(os.path.join(output_dir, "accuracy_heatmap.png"), spec, rows, checkpoint, puzzles),
+        _accuracy_vs_nfe(os.path.join(output_dir, "accuracy_vs_nfe.png"), spec, rows, checkpoint, puzzles)]
+    if spec.halting_rules:
+        paths.append(halting_pareto(os.path.join(output_dir, "halting_pareto.png"), [(checkpoint, spec, rows)], puzzles))
+    return paths
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, accuracy) that no other point beats: cheaper-or-equal and more accurate,
+    or cheaper and as accurate. In increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def halting_pareto(path: str, runs: list[tuple[str, GridSpec, list[dict]]], puzzles: int) -> str:
+    """Exact accuracy against NFE per puzzle at the largest breadth: the fixed-depth curve (where the run has
+    it), every halting rule at every depth cap as a point, and the Pareto front of the rules as a line.
+    `runs`: (name, spec, rows) of one or more results (e.g. the grid and the elastic evaluator's)."""
+    plt = render.pyplot()
+    from matplotlib.ticker import FuncFormatter
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for name, spec, rows in runs:
+        breadth = spec.max_breadth
+        base = halting_rule_at(breadth)
+        fixed = [find(rows, d, breadth, base) for d in spec.depths]
+        fixed = [r for r in fixed if r is not None]
+        if fixed:
+            colour = ax.plot([r["nfe_per_puzzle"] for r in fixed], [100 * r["accuracy"] for r in fixed], "o-",
+                             label=f"{name}: fixed depth (B={breadth})")[0].get_color()
+            for r in fixed:
+                ax.annotate(f"D{r['depth']}", (r["nfe_per_puzzle"], 100 * r["accuracy"]), textcoords="offset points",
+                            xytext=(3, -8), fontsize=6, color=colour)
+        points = [r for d in spec.depths for suffix in spec.halt_suffixes
+                  if (r := find(rows, d, breadth, base + suffix)) is not None]
+        xy = [(r["nfe_per_puzzle"], 100 * r["accuracy"]) for r in points]
+        ax.plot(*zip(*xy), "x", color="0.5", label=f"{name}: halting rules ({len(spec.halting_rules)} x "
+                                                   f"{len(spec.depths)} cap(s))")
+        front = [xy[i] for i in pareto_front(xy)]
+        ax.plot(*zip(*front), "s--", color="C3", markersize=4, label=f"{name}: Pareto front of the rules")
+        for i in pareto_front(xy):
+            ax.annotate(f"{points[i]['halt_rule']} D{points[i]['depth']}", xy[i], textcoords="offset points",
+                        xytext=(3, 3), fontsize=6, color="C3")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlabel("NFE per puzzle (block applications, all B trajectories)")
+    ax.set_ylabel("exact accuracy (%)")
+    ax.set_title(f"{runs[0][0]}: halting rules vs fixed depth on {puzzles} puzzles", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    render.save_figure(fig, path)
+    return path
 
 
 def _heatmap(path: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzles: int) -> str:
@@ -202,7 +288,7 @@ def _accuracy_vs_nfe(path: str, spec: GridSpec, rows: list[dict], checkpoint: st
         points = [find(rows, d, breadth, rule) for d in spec.depths if spec.reported(d, breadth, rule)]
         name = "top-1 by convergence" if rule == "conv_top1" else "trajectory 1"
         colour = line(points, "o-", f"B={breadth}: {name}")
-        if spec.halt:
+        if spec.halting_rules:
             rule = "majority+halt" if breadth > 1 else "traj1+halt"
             line([find(rows, d, breadth, rule) for d in spec.depths], "x--",
                  f"B={breadth} with halting: " + ("majority vote" if breadth > 1 else "trajectory 1"), colour)
@@ -213,7 +299,7 @@ def _accuracy_vs_nfe(path: str, spec: GridSpec, rows: list[dict], checkpoint: st
     ax.set_xlabel("NFE per puzzle (block applications, all B trajectories)")
     ax.set_ylabel("exact accuracy (%)")
     ax.set_title(f"{checkpoint}: accuracy vs compute on {puzzles} puzzles"
-                 + (" (with and without halting)" if spec.halt else ""), fontsize=9)
+                 + (" (with and without halting)" if spec.halting_rules else ""), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     if spec.max_breadth > 1 and spec.depths[0] == 1:

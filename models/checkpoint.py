@@ -211,7 +211,7 @@ def _reference_arch(path: str, arch: dict, weights: dict, data_seq_len: int | No
 OFFICIAL_CONFIG = "all_config.yaml"
 # Options of ours that the authors' EqR and TRM lack: dropped from their arch.
 OFFICIAL_ONLY_KEYS = {"puzzle_emb_ndim", "puzzle_emb_len", "num_puzzle_identifiers", "H_level_layers",
-                      "one_step_grad", "act_continue"}
+                      "one_step_grad"}
 # Their model class -> our fields that make it, and the defaults of their config class.
 OFFICIAL_MODELS = {
     "TinyRecursiveReasoningModel_ACTV1": dict(fixed=REFERENCE_TRM, defaults=dict(puzzle_emb_len=16, no_ACT_continue=True)),
@@ -261,7 +261,6 @@ def _official_arch(path: str, arch: dict, weights: dict, data_seq_len: int | Non
         fields["puzzle_emb_ndim"] = fields.get("hidden_size")
     if model_class.startswith("Hierarchical"):
         fields["H_level_layers"] = fields.get("H_layers")
-    fields["act_continue"] = not fields.pop("no_ACT_continue")
     fields["vocab_size"] = weights[EMBEDDING].shape[0]
     if PUZZLE_EMB in weights:
         fields["num_puzzle_identifiers"] = weights[PUZZLE_EMB].shape[0]

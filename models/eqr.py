@@ -14,7 +14,7 @@ Feed-forward: `feedforward: true` -> z_H = blocks(x) once through L_layers untie
 The official TRM and HRM (docs/reference_notes.md, "The official TRM and HRM") add a learned
 puzzle embedding as prefix positions, and HRM updates z_H with a block stack of its own
 (`H_level_layers`), back-propagates through the last z_L and z_H update only (`one_step_grad`) and
-halts on q_halt > q_continue, the continue head learning a bootstrapped target (`act_continue`).
+halts on q_halt > q_continue, the continue head learning a bootstrapped target (`no_ACT_continue: false`).
 """
 import math
 from dataclasses import asdict, dataclass, fields
@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import halting
 from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
                            trunc_normal_)
 from utils.errors import ConfigError
 from utils.typecheck import check_range, check_types
 
 # Keys that the reference's arch config carries but that do not shape the model here.
-REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "no_ACT_continue", "disable_act_halt",
-                       "act_inference", "halt_threshold", "halt_confirm_steps", "halt_confirm_mode", "batch_size"}
+# (Their halting keys act_inference, halt_threshold, halt_confirm_* and no_ACT_continue are fields below.)
+REFERENCE_ONLY_KEYS = {"name", "short_name", "loss", "H_layers", "disable_act_halt", "batch_size"}
 
 
 def prefix_positions(puzzle_emb_ndim: int, puzzle_emb_len: int, hidden_size: int) -> int:
@@ -60,21 +61,26 @@ class ModelConfig:
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
     act_halting: bool = True  # False: rows halt only at halt_max_steps, in training too (no ACT)
+    # The authors' halting rule (models/halting.py), in training and, with act_inference, in evaluate.py
+    act_inference: bool = False  # evaluate.py's default for act_inference: halted trajectories leave the pool
+    halt_threshold: float = 0.0
+    halt_confirm_steps: int = 0
+    halt_confirm_mode: str = "consecutive"  # or cumulative
+    no_ACT_continue: bool = True  # False (HRM): halt on q_halt > q_continue + threshold; the continue head
+    # learns a bootstrapped Q target in training
     lambda_: float = 0.95
     noise_scale: float = 0.01
     random_init: bool = True  # False: TRM's fixed initial latents
     H_init_std: float = 1.0
     L_init_std: float = 1.0
     feedforward: bool = False
-    # The official TRM's and HRM's options; the defaults build EqR / our TRM as before. (HRM's H_layers and
-    # no_ACT_continue: false are H_level_layers and act_continue here: in the EqR authors' configs those
-    # two keys build nothing, config/reference_keys.py.)
+    # The official TRM's and HRM's options; the defaults build EqR / our TRM as before. (HRM's H_layers is
+    # H_level_layers here: in the EqR authors' configs that key builds nothing, config/reference_keys.py.)
     puzzle_emb_ndim: int = 0  # width of a learned embedding per puzzle identifier, put before the tokens (0: none)
     puzzle_emb_len: int = 0  # positions it takes (0: ceil(puzzle_emb_ndim / hidden_size)); the official TRM uses 16
     num_puzzle_identifiers: int = 1
     H_level_layers: int = 0  # HRM: > 0 gives z_H a block stack of its own, of this many blocks (z_L keeps L_layers)
     one_step_grad: bool = False  # HRM: gradient through the last z_L and z_H update only
-    act_continue: bool = False  # HRM: halt on q_halt > q_continue; the continue head learns a bootstrapped Q target
 
     def __post_init__(self):
         def fail(key, msg):
@@ -122,6 +128,15 @@ class ModelConfig:
             fail("pos_encodings", "rope2d has no place for puzzle-embedding positions (puzzle_emb_ndim > 0)")
         if self.one_step_grad and self.L_cycles < 1:
             fail("L_cycles", "one_step_grad needs L_cycles >= 1")
+        try:
+            rule = self.halt_rule
+        except ConfigError as e:
+            raise ConfigError(f"arch.{e}") from None
+        self.halt_confirm_mode = halting.CONFIRM_MODES[self.halt_confirm_mode.lower()]  # the authors' aliases too
+
+    @property
+    def halt_rule(self) -> halting.HaltRule:
+        return halting.HaltRule(self.halt_threshold, self.halt_confirm_steps, self.halt_confirm_mode)
 
     @property
     def board(self) -> tuple[int, int]:
@@ -367,6 +382,10 @@ class ReasoningCore(nn.Module):
             return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()
         return self.lm_head(z_H), self.q_head(z_H[:, 0]).float()[:, 0]
 
+    def q_continue(self, z_H):
+        """The continue logit [batch] float32 of a model that halts on q_halt > q_continue + threshold, else None."""
+        return None if self.config.no_ACT_continue else self.q_head(z_H[:, 0]).float()[:, 1]
+
 
 def compile_core(core: ReasoningCore, setting: bool | None, device: torch.device) -> bool:
     """torch.compile one supervision step of `core` in place (parameter names, so checkpoints, stay the same).
@@ -389,13 +408,15 @@ class Carry:
     steps: torch.Tensor  # int32 [batch]
     halted: torch.Tensor  # bool [batch]; a halted row is replaced by a fresh puzzle at the next step
     data: dict  # inputs, labels, puzzle_identifiers of the puzzle each row is working on
+    counter: torch.Tensor | None = None  # int32 [batch]: halting signals counted (models/halting.py); None: 0
 
     def to_dict(self) -> dict:
-        return {"z_H": self.z_H, "z_L": self.z_L, "steps": self.steps, "halted": self.halted, "data": dict(self.data)}
+        return {"z_H": self.z_H, "z_L": self.z_L, "steps": self.steps, "halted": self.halted, "data": dict(self.data),
+                "counter": self.counter}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Carry":
-        return cls(d["z_H"], d["z_L"], d["steps"], d["halted"], dict(d["data"]))
+        return cls(d["z_H"], d["z_L"], d["steps"], d["halted"], dict(d["data"]), d.get("counter"))
 
 
 class RecurrentReasoner(nn.Module):
@@ -415,6 +436,7 @@ class RecurrentReasoner(nn.Module):
             steps=torch.zeros(n, dtype=torch.int32, device=device),
             halted=torch.ones(n, dtype=torch.bool, device=device),  # every row starts by taking a puzzle
             data={k: torch.zeros_like(v) for k, v in batch.items()},
+            counter=torch.zeros(n, dtype=torch.int32, device=device),
         )
 
     def forward(self, carry: Carry, batch: dict, sampler=None) -> tuple[Carry, dict]:
@@ -425,37 +447,30 @@ class RecurrentReasoner(nn.Module):
         data = {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), batch[k], v) for k, v in carry.data.items()}
         steps = torch.where(reset, 0, carry.steps) + 1
 
-        if self.config.act_continue:
-            return self.forward_with_continue(z_H, z_L, steps, data, sampler)
-        z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler, data.get("puzzle_identifiers"))
-
-        with torch.no_grad():
-            max_steps = self.config.halt_max_steps
-            halted = steps >= max_steps
-            if self.training and max_steps > 1 and self.config.act_halting:
-                # Halt on q > 0, but with probability halt_exploration_prob only after a random minimum.
-                explore = torch.rand_like(q) < self.config.halt_exploration_prob
-                min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
-                halted = (halted | (q > 0)) & (steps >= min_steps)
-        return Carry(z_H, z_L, steps, halted, data), {"logits": logits, "q_halt_logits": q}
-
-    def forward_with_continue(self, z_H, z_L, steps, data, sampler):
-        """HRM's ACT: halt on q_halt > q_continue; in training the continue logit's target is the
-        sigmoid of the next step's best Q (its halt Q alone at the last step), from one more step
-        without gradient and without a replay buffer or target network, as theirs."""
+        counter = torch.zeros_like(steps) if carry.counter is None else torch.where(reset, 0, carry.counter)
         ids = data.get("puzzle_identifiers")
-        z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler, ids, q_both=True)
-        q_halt, q_continue = q[:, 0], q[:, 1]
-        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+        continue_head = not self.config.no_ACT_continue
+        z_H, z_L, logits, q = self.inner(z_H, z_L, data["inputs"], sampler, ids, q_both=continue_head)
+        q_halt, q_continue = (q[:, 0], q[:, 1]) if continue_head else (q, None)
+        outputs = {"logits": logits, "q_halt_logits": q_halt}
+        if continue_head:
+            outputs["q_continue_logits"] = q_continue
+
         with torch.no_grad():
-            max_steps = self.config.halt_max_steps
+            config, max_steps = self.config, self.config.halt_max_steps
             last = steps >= max_steps
             halted = last
-            if self.training and max_steps > 1 and self.config.act_halting:
-                explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
+            if self.training and max_steps > 1 and config.act_halting:
+                # The halting rule, but with probability halt_exploration_prob only after a random minimum.
+                explore = torch.rand_like(q_halt) < config.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
-                halted = (halted | (q_halt > q_continue)) & (steps >= min_steps)
-                next_q = self.inner(z_H, z_L, data["inputs"], sampler, ids, q_both=True)[3]
-                best = torch.where(last, next_q[:, 0], torch.maximum(next_q[:, 0], next_q[:, 1]))
-                outputs["target_q_continue"] = torch.sigmoid(best)
-        return Carry(z_H, z_L, steps, halted, data), outputs
+                vote = halting.signal(q_halt, q_continue, config.halt_threshold)
+                counter = halting.count(counter, vote, config.halt_confirm_mode == "cumulative")
+                halted = halting.halts(halting.fired(counter, vote, config.halt_confirm_steps), steps, max_steps, min_steps)
+                if continue_head:
+                    # HRM's continue target: the sigmoid of the next step's best Q (its halt Q alone at the
+                    # last step), from one more step without gradient, with no replay buffer or target network.
+                    next_q = self.inner(z_H, z_L, data["inputs"], sampler, ids, q_both=True)[3]
+                    best = torch.where(last, next_q[:, 0], torch.maximum(next_q[:, 0], next_q[:, 1]))
+                    outputs["target_q_continue"] = torch.sigmoid(best)
+        return Carry(z_H, z_L, steps, halted, data, counter), outputs

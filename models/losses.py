@@ -75,7 +75,7 @@ class ACTLossHead(nn.Module):
         q_halt_loss = F.binary_cross_entropy_with_logits(q, row_correct.to(q.dtype), reduction="sum")
         loss = lm_loss + 0.5 * q_halt_loss
         metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
-        if "target_q_continue" in outputs:  # HRM's continue head (act_continue), in training
+        if "target_q_continue" in outputs:  # HRM's continue head (no_ACT_continue: false), in training
             q_continue_loss = F.binary_cross_entropy_with_logits(outputs["q_continue_logits"],
                                                                  outputs["target_q_continue"], reduction="sum")
             loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)

@@ -13,6 +13,9 @@ docs/reference_notes.md):
     python scripts/compare_reference.py --ref /path/to/locuslab-EqR [--steps 20]
 
 Not part of the test suite; tests/test_compare_reference.py tests the comparison itself.
+Then, for TRM with `act_inference=true` (their halting at evaluation time, exploration off), it runs
+their model step by step and our grid (evaluation/grid.py) with the same halting rules, and compares
+each row's first halting step and its answer there.
 """
 import argparse
 import math
@@ -204,6 +207,51 @@ def describe(case: str, result, records: list[dict]) -> str:
             f"largest {big_d:.3g} in {big_name} at step {big_step}")
 
 
+HALT_RULES = [dict(halt_threshold=t, halt_confirm_steps=c, halt_confirm_mode=m, no_ACT_continue=n)
+              for t in (0.0, 0.03) for c in (0, 1, 2) for m in ("consecutive", "cumulative") if c or m == "consecutive"
+              for n in (True, False)]
+
+
+def compare_halting(ref, task: str, rule: dict, rows: int = 32) -> tuple[bool, int]:
+    """Their TRM (eval mode, act_inference) against our grid on one batch -> (same halting steps and answers,
+    rows that halted before the cap)."""
+    from evaluation.grid import GridSpec, run_batch
+    from models.eqr import TORCH_SAMPLER
+
+    seq_len, vocab, overrides = TASKS[task]
+    arch = dict(ARCH, batch_size=rows, seq_len=seq_len, vocab_size=vocab, forward_dtype="float32", **overrides,
+                **MODELS["trm"], **rule, act_inference=True, halt_exploration_prob=0.0, halt_max_steps=8)
+    torch.manual_seed(0)
+    theirs = ref.models["trm"](arch).eval()
+    with torch.no_grad():
+        theirs.inner.q_head.bias.zero_()
+        for p in theirs.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    from models.eqr import ModelConfig, RecurrentReasoner
+    ours = RecurrentReasoner(ModelConfig.from_dict(arch))
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(2)
+    batch = {"inputs": torch.randint(1, vocab, (rows, seq_len), generator=g, dtype=torch.int32),
+             "puzzle_identifiers": torch.zeros(rows, dtype=torch.int32)}
+    cap = arch["halt_max_steps"]
+    first = torch.zeros(rows, dtype=torch.long)
+    answer = torch.zeros(rows, seq_len, dtype=torch.int32)
+    with torch.inference_mode():
+        carry = theirs.initial_carry(batch)
+        for step in range(1, cap + 1):
+            carry, out = theirs(carry, batch)
+            new = carry.halted & (first == 0)
+            first[new] = step
+            answer[new] = out["logits"].argmax(-1).int()[new]
+    spec = GridSpec((cap,), (1,), ours.config.blocks_per_step, halt_rules=(ours.config.halt_rule,))
+    mine = {"inputs": batch["inputs"], "labels": answer, "mask": torch.ones(rows, dtype=torch.bool),
+            "index": torch.arange(rows)}
+    cells, _, _, found = run_batch(ours.inner.eval(), mine, spec, TORCH_SAMPLER)
+    ours_first = torch.where(found["halt_step"] > 0, found["halt_step"], cap)
+    solved = int(cells[0, 0, spec.rules.index("traj1+halt"), 0])  # our halted answers scored against theirs
+    return torch.equal(ours_first, first) and solved == rows, int((first < cap).sum())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", required=True, help="checkout of github.com/locuslab/EqR")
@@ -233,7 +281,14 @@ def main():
             differing += result is not None
             print(describe(f"{model} {task} {dtype}", result, our_records), flush=True)
     print("all identical" if not differing else f"{differing} of {2 * len(CASES)} cases differ")
-    sys.exit(1 if differing else 0)
+    halting_differ = 0
+    for task in ("sudoku-mlp_t", "maze-rope"):
+        for rule in HALT_RULES:
+            same, early = compare_halting(ref, task, rule)
+            halting_differ += not same
+            print(f"trm {task} act_inference {rule}: {'same' if same else 'DIFFERENT'} halting steps and answers "
+                  f"({early} of 32 rows halted before the cap)", flush=True)
+    sys.exit(1 if differing or halting_differ else 0)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,28 @@ def test_killed_sweep_resumes_to_the_same_counts(checkpoints, tmp_path):
     check_against_results(tmp_path / "cut", data)
     assert same_predictions(tmp_path / "cut", tmp_path / "whole")
     assert not os.path.exists(tmp_path / "cut" / "partial")
+
+
+ELASTIC = ["halt_max_steps=4", "different_init=2", "act_inference=true", "halt_threshold=[-0.3,0.2]",
+           "halt_confirm_steps=[0,1]", "pool_size=3", "progress=false", "plots=false", "device=cpu"]
+
+
+@pytest.mark.slow
+def test_elastic_pool_two_processes_and_a_killed_run_equal_one_uninterrupted_process(checkpoints, tmp_path):
+    checkpoint, _ = checkpoints["eqr"]
+    assert evaluate.main([f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'one'}", "global_batch_size=2",
+                          *ELASTIC]) == 0
+    two = launch(2, f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'two'}", "global_batch_size=4", *ELASTIC)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, sharded = counts(tmp_path / "one"), counts(tmp_path / "two")
+    assert sharded["world_size"] == 2 and sharded["counts"] == single["counts"] and sharded["rows"] == single["rows"]
+
+    base = [f"checkpoint={checkpoint}", "global_batch_size=1", "save_every_batches=2", *ELASTIC]
+    killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={evaluate.KILL_AFTER_ENV: "5"})
+    assert killed.returncode == -9 and os.listdir(tmp_path / "cut" / "partial") == ["rank0-of-1.pt"]
+    resumed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at batch 4/7" in resumed.stderr
+    assert evaluate.main([*base, f"output_dir={tmp_path / 'whole'}"]) == 0
+    assert counts(tmp_path / "cut") == counts(tmp_path / "whole")
+    assert counts(tmp_path / "whole")["rows"] == single["rows"]  # batch size and pool do not change an answer

@@ -304,7 +304,8 @@ def test_evaluate_writes_results_csv_and_plots(run_files, tmp_path, capsys):
     code = evaluate.main([f"checkpoint={ckpt}", f"output_dir={out}", "depths=[1,2,4]", "breadths=[1,2,4]",
                           "convergence_top_k=2", "halt=true", "global_batch_size=4", "progress=false", "device=cpu"])
     assert code == 0
-    assert sorted(os.listdir(out)) == ["accuracy_heatmap.png", "accuracy_vs_nfe.png", "results.csv", "results.json"]
+    assert sorted(os.listdir(out)) == ["accuracy_heatmap.png", "accuracy_vs_nfe.png", "halting_pareto.png", "results.csv",
+                                       "results.json"]
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     assert results["data"]["puzzles"] == 7 and results["world_size"] == 1
@@ -369,3 +370,7 @@ def test_presets_compose_and_command_line_wins():
     assert cfg.depths == [2, 4]
     cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=headline"]))
     assert (cfg.halt_max_steps, cfg.different_init, cfg.depths) == (64, 128, None)
+    cfg = evaluate.parse_config(evaluate.compose_eval_config(["checkpoint=x.pt", "eval=elastic"]))
+    assert (cfg.act_inference, cfg.halt_max_steps, cfg.halt_threshold) == (True, 64, 1.0)
+    spec = evaluate.grid_spec(cfg, ModelConfig(**EQR))
+    assert spec.elastic and [r.label for r in spec.halting_rules] == ["q>1"]

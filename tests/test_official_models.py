@@ -87,7 +87,7 @@ def test_official_trm_file_loads_with_its_defaults_and_seq_len_off_the_weights(t
     config = head.model.config
     assert info["format"] == "official" and info["read_with"] == "weights_only" and info["step"] == 100
     assert (config.seq_len, config.vocab_size, config.prefix_len, config.latent_len) == (16, 11, 16, 32)
-    assert (config.lambda_, config.noise_scale, config.random_init, config.act_continue) == (1.0, 0.0, False, False)
+    assert (config.lambda_, config.noise_scale, config.random_init, config.no_ACT_continue) == (1.0, 0.0, False, True)
     assert config.H_level_layers == 0 and info["train_config"]["lr"] == 1e-4
     loaded = head.state_dict()
     assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], v) for k, v in state.items())
@@ -108,7 +108,7 @@ def test_hrm_file_loads_from_hf_offline_with_its_config_beside(tmp_path, monkeyp
         load_for_eval("hf://someone/HRM-checkpoint-maze/maze/checkpoint")
     head, info = load_for_eval("hf://someone/HRM-checkpoint-maze/maze/checkpoint", data_seq_len=36)
     config = head.model.config
-    assert (config.H_level_layers, config.L_layers, config.one_step_grad, config.act_continue) == (2, 1, True, True)
+    assert (config.H_level_layers, config.L_layers, config.one_step_grad, config.no_ACT_continue) == (2, 1, True, False)
     assert (config.puzzle_emb_ndim, config.prefix_len, config.num_puzzle_identifiers) == (32, 1, 3)
     assert config.forward_dtype == "bfloat16" and config.blocks_per_step == 2 * (2 * 1 + 2)
     assert all(torch.equal(head.state_dict()[k], v) for k, v in state.items()) and info["step"] is None
@@ -177,7 +177,7 @@ def test_presets_build_their_layout(name, parameters, shapes):
 def test_one_step_gradient_changes_gradients_only_and_the_continue_head_adds_its_loss():
     config = ModelConfig(seq_len=9, vocab_size=5, hidden_size=16, num_heads=2, L_layers=1, H_level_layers=1,
                          H_cycles=2, L_cycles=2, halt_max_steps=3, forward_dtype="float32", puzzle_emb_ndim=16,
-                         lambda_=1.0, noise_scale=0.0, random_init=False, one_step_grad=True, act_continue=True)
+                         lambda_=1.0, noise_scale=0.0, random_init=False, one_step_grad=True, no_ACT_continue=False)
     torch.manual_seed(0)
     heads = [ACTLossHead(RecurrentReasoner(config)) for _ in range(2)]
     heads[1].load_state_dict(heads[0].state_dict())

@@ -38,7 +38,7 @@ THEIR_TRAIN_KEYS = {
 }
 OURS = {"global_batch_size", "epochs", "eval_interval_steps", "checkpoint_interval_steps", "lr", "lr_min_ratio",
         "lr_warmup_steps", "beta1", "beta2", "weight_decay", "ema", "ema_rate", "project_name", "run_name",
-        "checkpoint_path", "resume", "seed", "max_steps", "wandb_mode"}
+        "checkpoint_path", "resume", "seed", "max_steps", "wandb_mode", "arch.no_ACT_continue"}
 # Every key of their depth_breadth.yaml and EvalConfig, with a value they would pass.
 THEIR_EVAL_KEYS = {
     "halt_max_steps": "16", "checkpoint": "c.pt", "param_iter": "{arch.halt_max_steps:16}", "suffix": "D16_B1",
@@ -78,7 +78,6 @@ def test_every_key_of_their_eval_configs_is_taken(plus, capsys):
     ("train", ["+dataset.no_such_key=1"], "dataset.no_such_key: unknown config key"),
     ("train", ["load_checkpoint=run/step_10.pt"], 'load_checkpoint="run/step_10.pt" (the authors\' key) works '
                                                   'here only as null'),
-    ("train", ["+arch.no_ACT_continue=false"], "arch.no_ACT_continue=false (the authors' key) works here only as true"),
     ("train", ["optimizer_kwargs={eps:1e-8}"], "optimizer_kwargs="),
     ("eval", ["checkpoint=c.pt", "+no_such_key=1"], "no_such_key: unknown config key"),
     ("eval", ["checkpoint=c.pt", "no_such_key=1"], "no_such_key: unknown config key"),
