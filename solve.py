@@ -20,14 +20,12 @@ import torch
 
 from config import compose_config
 from dataset.common import load_split
-from evaluate import run_entry, train_setting
+from evaluate import load_model, run_entry, train_setting
 from evaluation import render
 from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
-from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
-from utils.processes import resolve_forward_dtype
 from utils.typecheck import check_range, check_types
 
 CHUNK = 64  # puzzles per forward pass
@@ -152,8 +150,7 @@ def describe(task: str, found: dict, spec: GridSpec, rule: str) -> list[str]:
 # ----------------------------------------------------------------------------- the run
 
 def solve(cfg: SolveConfig, device: torch.device) -> list[dict]:
-    overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device)} if cfg.forward_dtype else None
-    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, 1)
     config = head.model.config
     task = render.task_of(config.vocab_size, config.seq_len)
     if task is None:

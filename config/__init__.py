@@ -20,6 +20,7 @@ def compose_config(config_name: str, overrides: list[str], entry: str | None = N
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    typed = reference_keys.typed_keys(entry, overrides) if entry else set()
     if entry:
         overrides = reference_keys.rewrite_overrides(entry, overrides)
     try:
@@ -35,7 +36,7 @@ def compose_config(config_name: str, overrides: list[str], entry: str | None = N
                               f"config/{config_name}.yaml and the defaults it names)") from None
         text = str(e).split("Config search path")[0]
         raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
-    return reference_keys.apply_reference_keys(entry, container) if entry else container
+    return reference_keys.apply_reference_keys(entry, container, typed) if entry else container
 
 
 def merge_eval_yaml(cfg, path: str, overrides: list[str]) -> None:
