@@ -12,9 +12,15 @@ Writes results.json, results.csv and PNG plots to output_dir (save_outputs=true:
 resume=true continues a killed sweep. With plots=true, render_examples=N also draws N solved and N failed
 puzzles (examples_*.png).
 """
+import sys
+
+from config import answer_help, help_text
+
+HELP_PRESETS = {"eval": "eval=NAME"}
+answer_help("evaluate", __doc__, "cfg_eval", HELP_PRESETS)  # before torch is imported
+
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from config import compose_eval_config, config_help
+from config import compose_eval_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import predictions, render, report
@@ -384,7 +390,7 @@ def run_entry(argv: list[str] | None, usage, configure, run) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    usage = lambda overrides: __doc__ + "\n" + config_help("cfg_eval", overrides, {"eval": "eval=NAME"})
+    usage = lambda overrides: help_text(__doc__, overrides, "cfg_eval", HELP_PRESETS)
     return run_entry(argv, usage, lambda overrides: parse_config(compose_eval_config(overrides)), evaluate)
 
 

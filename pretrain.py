@@ -17,11 +17,17 @@ state of each extra rank), `latest` (the name of the newest complete checkpoint)
 config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run
 continues from `latest`; on CPU with one process the continuation is bit-exact.
 """
+import sys
+
+from config import answer_help, help_text
+
+HELP_PRESETS = {"train": "--config-name train/NAME", "arch": "arch=NAME", "dataset": "dataset=NAME"}
+answer_help("pretrain", __doc__, "cfg_pretrain", HELP_PRESETS)  # before torch is imported
+
 import contextlib
 import copy
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, fields
 
@@ -31,7 +37,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from config import compose_train_config, config_help
+from config import compose_train_config
 from config.reference_keys import typed_keys
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
@@ -149,9 +155,6 @@ def check_test_split(data_path: str) -> None:
                                f"but the training split has {getattr(train, key)}")
 
 
-HELP_PRESETS = {"train": "--config-name train/NAME", "arch": "arch=NAME", "dataset": "dataset=NAME"}
-
-
 def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
     config_name, overrides, i, wants_help = "cfg_pretrain", [], 0, False
     while i < len(argv):
@@ -172,7 +175,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
         i += 1
     config_name = config_name.removesuffix(".yaml")
     if wants_help:  # the keys and defaults of the preset named with it, if any
-        print(__doc__ + "\n" + config_help(config_name, overrides, HELP_PRESETS))
+        print(help_text(__doc__, argv, "cfg_pretrain", HELP_PRESETS))
         sys.exit(0)
     return config_name, overrides
 

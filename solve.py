@@ -11,8 +11,14 @@ trajectory picked is top-1 by convergence, the paper's rule. Randomness is keyed
 as in evaluate.py, so `data_path=D index=i` gives the answer evaluate.py scored for puzzle i (same seed, D, B).
 Keys and defaults: config/cfg_solve.yaml. Writes a PNG of each answer (image=; null: none).
 """
-import os
 import sys
+
+from config import answer_help
+
+HELP_PRESETS = {}
+answer_help("solve", __doc__, None, HELP_PRESETS)  # before torch is imported
+
+import os
 from dataclasses import dataclass, fields
 
 import numpy as np
