@@ -207,7 +207,7 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
         kept = shown["failed" if wrong else "solved"]
         if len(kept) < limit:
             kept.append({"inputs": batch["inputs"][row].cpu().numpy(), "answer": answer, "label": label,
-                         "caption": f"#{int(batch['index'][row])}: " + (f"{wrong} cells wrong" if wrong else "solved")})
+                         "caption": f"#{int(batch['index'][row])}: " + (f"{wrong} cell{'s' * (wrong > 1)} wrong" if wrong else "solved")})
 
 
 # ----------------------------------------------------------------------------- the run

@@ -26,6 +26,7 @@ answer_help("pretrain", __doc__, "cfg_pretrain", HELP_PRESETS)  # before torch i
 
 import contextlib
 import copy
+import inspect
 import os
 import random
 import time
@@ -431,9 +432,12 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     train_head = head
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        # Buffers (TRM's fixed latents, rotary tables) never change: synced once at init, not every forward.
+        # Buffers (TRM's fixed latents, rotary tables) never change: synced once at init, not every forward
+        # (forward_sync_buffers=False from torch 2.13, where broadcast_buffers is deprecated; the same before it).
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else "broadcast_buffers")
         train_head = DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None,
-                                             broadcast_buffers=False, gradient_as_bucket_view=True)
+                                             gradient_as_bucket_view=True, **{no_sync: False})
 
     logger, bar = None, None
     if rank == 0:
