@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=data/sudoku-quickstart
-RUN_DIR=checkpoints/eqr/quickstart
-OUT=eval_results/quickstart
+RUN_DIR=checkpoints/eqr/eqr_sudoku_quickstart
+OUT=eval_results/eqr_sudoku_quickstart
 
 # Each stage runs in the background so that a signal reaches this script at once; it is passed on as SIGTERM
 # (training finishes its step and writes a checkpoint), a second one as SIGINT (stop at once).
@@ -60,7 +60,7 @@ run python -m dataset.validate "$DATA"
 step "3/4 training (a bar per step, the test accuracy every few hundred steps) -> $RUN_DIR"
 resume=false
 [ -f "$RUN_DIR/latest" ] && resume=true
-run python pretrain.py --config-name train/eqr_sudoku_quickstart data_path="$DATA" run_name=quickstart resume="$resume"
+run python pretrain.py --config-name train/eqr_sudoku_quickstart data_path="$DATA" run_name=eqr_sudoku_quickstart resume="$resume"
 
 # One pass over the grid (every smaller cell is read off the largest); answers do not depend on the batch size.
 step "4/4 evaluation of the last checkpoint over depth x breadth on the first 64 test puzzles -> $OUT"

@@ -28,29 +28,33 @@ def checkout(tmp_path):
     return tmp_path
 
 
-def start(checkout):
+def run_until(checkout, ready, stop) -> tuple[int, str]:
+    """Start the quickstart, wait until ready() (a few minutes at most), call stop(process); -> (status, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=checkout, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-@pytest.mark.slow
-def test_ctrl_c_stops_the_quickstart_with_a_checkpoint_and_the_way_on(checkout):
-    run_dir = checkout / "checkpoints" / "eqr" / "quickstart"
-    process = start(checkout)
+    process = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=checkout, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not (run_dir / "metrics.jsonl").is_file():  # training has taken a step (log every 10)
+        while not ready():
             assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.5)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        stop(process)
         _, stderr = process.communicate(timeout=120)
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert process.returncode == 130, stderr[-3000:]
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_quickstart_with_a_checkpoint_and_the_way_on(checkout):
+    run_dir = checkout / "checkpoints" / "eqr" / "eqr_sudoku_quickstart"
+    # Ctrl-C in a terminal signals the whole foreground process group; once training has logged a step
+    status, stderr = run_until(checkout, lambda: last_logged_step(run_dir) > 0,
+                               lambda process: os.killpg(process.pid, signal.SIGINT))
+    assert status == 130, stderr[-3000:]
     assert "quickstart stopped by SIGINT; run 'bash scripts/quickstart.sh' again to continue" in stderr
     assert "== 4/4" not in stderr and not (checkout / "eval_results").exists()  # evaluation never started
     latest = (run_dir / "latest").read_text().strip()
@@ -58,20 +62,9 @@ def test_ctrl_c_stops_the_quickstart_with_a_checkpoint_and_the_way_on(checkout):
     step = int(latest.removeprefix("step_").removesuffix(".pt"))
 
     # The same command continues the run from that checkpoint (stopped again, by SIGTERM to the script alone).
-    process = start(checkout)
-    try:
-        deadline = time.time() + 240
-        while last_logged_step(run_dir) <= step:
-            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
-            time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert f"resuming at step {step}" in stderr and process.returncode == 130, stderr[-3000:]
+    status, stderr = run_until(checkout, lambda: last_logged_step(run_dir) > step,
+                               lambda process: process.send_signal(signal.SIGTERM))
+    assert f"resuming at step {step}" in stderr and status == 130, stderr[-3000:]
     assert "quickstart stopped by SIGTERM" in stderr
 
 
