@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
 
 def launch(argv: list[str]) -> int:
     """torchrun's main, returning the first failed worker's status instead of raising ChildFailedError."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -79,6 +80,8 @@ def launch(argv: list[str]) -> int:
         if status != 2:  # 2: the worker printed its `error:` line
             print(f"error: rank {rank} exited with status {status} (its output is above)", file=sys.stderr)
         return status
+    except SignalException as e:  # SIGTERM/SIGINT to torchrun: it has passed it on to the workers and waited for them
+        return 128 + int(e.sigval)
     except SystemExit as e:  # torchrun's own usage errors
         return e.code if isinstance(e.code, int) else 2
     finally:
