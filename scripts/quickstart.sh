@@ -57,18 +57,18 @@ if [ ! -f "$DATA/test/dataset.json" ]; then
 fi
 run python -m dataset.validate "$DATA"
 
-step "3/4 training (a bar per step, the test accuracy every few hundred steps) -> $RUN_DIR"
+step "3/4 training (a bar per step; the test exact accuracy every 100 steps, until it stops rising) -> $RUN_DIR"
 resume=false
 [ -f "$RUN_DIR/latest" ] && resume=true
 run python pretrain.py --config-name train/eqr_sudoku_quickstart data_path="$DATA" run_name=eqr_sudoku_quickstart resume="$resume"
 
 # One pass over the grid (every smaller cell is read off the largest); answers do not depend on the batch size.
-step "4/4 evaluation of the last checkpoint over depth x breadth on the first 64 test puzzles -> $OUT"
+step "4/4 evaluation of the last checkpoint over depth x breadth on the first 128 test puzzles -> $OUT"
 if [ -f "$OUT/results.json" ]; then
   echo "already evaluated: $OUT/results.csv (delete $OUT/ to evaluate again)" >&2
 else
   run python evaluate.py checkpoint="$RUN_DIR/$(cat "$RUN_DIR/latest")" data_path="$DATA" \
-      depths=[1,2,4,8,16] breadths=[1,4] global_batch_size=8 max_eval_steps=8 output_dir="$OUT" resume=true
+      depths=[1,2,4,8,16] breadths=[1,4] global_batch_size=8 max_eval_steps=16 output_dir="$OUT" resume=true
 fi
 echo "pictures: $OUT/accuracy_heatmap.png, accuracy_vs_nfe.png, examples_solved.png, examples_failed.png;" \
      "training curves: $RUN_DIR/training_curves.png" >&2
