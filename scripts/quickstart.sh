@@ -57,7 +57,7 @@ if [ ! -f "$DATA/test/dataset.json" ]; then
 fi
 run python -m dataset.validate "$DATA"
 
-step "3/4 training (a bar per step; the test exact accuracy every 100 steps) -> $RUN_DIR"
+step "3/4 training (a bar per step; the test exact accuracy every 200 steps) -> $RUN_DIR"
 resume=false
 [ -f "$RUN_DIR/latest" ] && resume=true
 run python pretrain.py --config-name train/eqr_sudoku_quickstart data_path="$DATA" run_name=eqr_sudoku_quickstart resume="$resume"
