@@ -12,9 +12,15 @@ Keys and defaults: config/cfg_diagnose.yaml; the measures: docs/diagnostics.md. 
 float32 here, tangents included.
 """
 import json
+import sys
+
+from config import answer_help, help_text
+
+HELP_PRESETS = {}
+answer_help("diagnose", __doc__, "cfg_diagnose", HELP_PRESETS)  # before torch is imported
+
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from config import compose_config, config_help
+from config import compose_config
 from dataset.common import load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
@@ -262,7 +268,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
 
 
 def main(argv: list[str] | None = None) -> int:
-    usage = lambda overrides: __doc__ + "\n" + config_help("cfg_diagnose", overrides, {})
+    usage = lambda overrides: help_text(__doc__, overrides, "cfg_diagnose", HELP_PRESETS)
     return run_entry(argv, usage, lambda overrides: parse_config(compose_config("cfg_diagnose", overrides)), diagnose)
 
 

@@ -14,9 +14,15 @@ resume=true continues a killed sweep. With plots=true, render_examples=N also dr
 puzzles (examples_*.png).
 """
 import math
+import sys
+
+from config import answer_help, help_text
+
+HELP_PRESETS = {"eval": "eval=NAME"}
+answer_help("evaluate", __doc__, "cfg_eval", HELP_PRESETS)  # before torch is imported
+
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from config import compose_eval_config, config_help
+from config import compose_eval_config
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluation import predictions, render, report
@@ -199,6 +205,23 @@ def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_siz
                       f"{need / 2**30:.1f} GiB per process, {free / 2**30:.1f} GiB is free on {device}; {advice}")
 
 
+def load_model(checkpoint: str, trust: bool, forward_dtype: str | None, device: torch.device, world_size: int,
+               data_meta=None):
+    """load_for_eval in the dtype to run: forward_dtype as given (auto: the device's native one), or the checkpoint's,
+    except that a bfloat16 checkpoint on a device without bf16 units runs in float32 (one notice says so)."""
+    def load(dtype):
+        return load_for_eval(checkpoint, trust_checkpoint=trust, data_seq_len=data_meta.seq_len if data_meta else None,
+                             data_vocab_size=data_meta.vocab_size if data_meta else None,
+                             overrides={"forward_dtype": dtype} if dtype else None)
+
+    head, info = load(resolve_forward_dtype(forward_dtype, device, world_size))
+    if forward_dtype is None and head.model.config.forward_dtype == "bfloat16":
+        dtype = resolve_forward_dtype("bfloat16", device, world_size, typed=False)
+        if dtype != "bfloat16":
+            head, info = load(dtype)
+    return head, info
+
+
 def make_sampler(cfg: EvalConfig, seed: int, batch: dict, spec: GridSpec):
     if cfg.rng == "torch":
         return TorchSampler()
@@ -216,7 +239,7 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
         kept = shown["failed" if wrong else "solved"]
         if len(kept) < limit:
             kept.append({"inputs": batch["inputs"][row].cpu().numpy(), "answer": answer, "label": label,
-                         "caption": f"#{int(batch['index'][row])}: " + (f"{wrong} cells wrong" if wrong else "solved")})
+                         "caption": f"#{int(batch['index'][row])}: " + (f"{wrong} cell{'s' * (wrong > 1)} wrong" if wrong else "solved")})
 
 
 # ----------------------------------------------------------------------------- the run
@@ -224,10 +247,7 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
 def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
     """Run the grid; rank 0 writes the outputs and returns the results dict (other ranks: None)."""
     data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None
-    overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device, world_size)} if cfg.forward_dtype else None
-    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
-                               data_seq_len=data_meta.seq_len if data_meta else None,
-                               data_vocab_size=data_meta.vocab_size if data_meta else None, overrides=overrides)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size, data_meta)
     model_config = head.model.config
     inner = head.model.inner.to(device).eval()
     broken = [name for name, p in head.named_parameters() if not torch.isfinite(p).all()]
@@ -279,7 +299,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     if rank == 0:
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
               f"{'EMA' if info['ema'] else 'raw'} weights) on {data_path}/{cfg.split}: {examples} puzzles, "
-              f"depths {list(spec.depths)} x breadths {list(spec.breadths)}, {world_size} process(es) on {device.type}"
+              f"depths {list(spec.depths)} x breadths {list(spec.breadths)}, {model_config.forward_dtype}, "
+              f"{world_size} process(es) on {device.type}"
               + (f" with {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
               + (f", elastic pool of {pool_size} slots, {len(spec.halting_rules)} halting rule(s)" if pool_size else "")
               + (", compiled" if compiled else ", eager")
@@ -411,7 +432,7 @@ def run_entry(argv: list[str] | None, usage, configure, run) -> int:
         run(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
-            print(f"error: {e}", file=sys.stderr)
+            sys.stderr.write(f"error: {e}\n")  # one write: the lines of several ranks do not interleave
         return 2
     except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
         print(f"error: {os_error_line(e)}", file=sys.stderr)
@@ -423,7 +444,7 @@ def run_entry(argv: list[str] | None, usage, configure, run) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    usage = lambda overrides: __doc__ + "\n" + config_help("cfg_eval", overrides, {"eval": "eval=NAME"})
+    usage = lambda overrides: help_text(__doc__, overrides, "cfg_eval", HELP_PRESETS)
     return run_entry(argv, usage, lambda overrides: parse_config(compose_eval_config(overrides)), evaluate)
 
 

@@ -17,11 +17,18 @@ state of each extra rank), `latest` (the name of the newest complete checkpoint)
 config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run
 continues from `latest`; on CPU with one process the continuation is bit-exact.
 """
+import sys
+
+from config import answer_help, help_text
+
+HELP_PRESETS = {"train": "--config-name train/NAME", "arch": "arch=NAME", "dataset": "dataset=NAME"}
+answer_help("pretrain", __doc__, "cfg_pretrain", HELP_PRESETS)  # before torch is imported
+
 import contextlib
 import copy
+import inspect
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, fields, replace
 
@@ -31,7 +38,8 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from config import compose_train_config, config_help
+from config import compose_train_config
+from config.reference_keys import typed_keys
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches
 from evaluation.curves import plot_training_curves
@@ -46,7 +54,8 @@ from utils.network import reachable
 from utils.processes import (StopRequests, broadcast, close_processes, free_memory, resolve_forward_dtype,
                              setup_processes, should_report)
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
-                              point_latest, prune_checkpoints, shard_name, truncate_metrics, write_shard)
+                              point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
+                              write_shard)
 from utils.typecheck import check_range, check_types
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
@@ -86,6 +95,7 @@ class TrainConfig:
     wandb_mode: str | None
     threads: int | None
     checkpoint_keep: int | None
+    early_stop_patience: int | None
 
     def __post_init__(self):
         check_types(self)
@@ -98,7 +108,7 @@ class TrainConfig:
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
         for key in ("max_steps", "eval_interval_steps", "eval_max_examples", "eval_batch_size", "checkpoint_interval_steps",
-                    "threads", "checkpoint_keep"):
+                    "threads", "checkpoint_keep", "early_stop_patience"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
@@ -171,9 +181,6 @@ def check_model_fits(config: ModelConfig, tc: TrainConfig, world_size: int, devi
                           f"arch.L_layers or global_batch_size")
 
 
-HELP_PRESETS = {"train": "--config-name train/NAME", "arch": "arch=NAME", "dataset": "dataset=NAME"}
-
-
 def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
     config_name, overrides, i, wants_help = "cfg_pretrain", [], 0, False
     while i < len(argv):
@@ -194,7 +201,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
         i += 1
     config_name = config_name.removesuffix(".yaml")
     if wants_help:  # the keys and defaults of the preset named with it, if any
-        print(__doc__ + "\n" + config_help(config_name, overrides, HELP_PRESETS))
+        print(help_text(__doc__, argv, "cfg_pretrain", HELP_PRESETS))
         sys.exit(0)
     return config_name, overrides
 
@@ -358,7 +365,11 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # puzzles, exactly solved, token accuracy
     batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    puzzles = len(load_split(cfg["data_path"], "test", check_values=False)[1]["inputs"])
+    puzzles = min(puzzles, cfg["eval_max_examples"] or puzzles)
+    bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{model.config.halt_max_steps}", leave=False,
+               disable=rank != 0, dynamic_ncols=True)
+    with bar, torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg["seed"] + rank)
         for batch in iter_test_batches(cfg["data_path"], batch_size, rank, world_size, max_examples=cfg["eval_max_examples"]):
             real = batch.pop("mask").to(device)
@@ -374,6 +385,7 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
             rows = real & (n_labels > 0)
             sums += torch.stack([rows.sum(), (rows & (correct.sum(-1) == n_labels)).sum(),
                                  torch.where(rows, correct.sum(-1) / n_labels.clamp_min(1), 0).sum()]).double()
+            bar.update(min(batch_size, puzzles - bar.n))
     if world_size > 1:
         dist.all_reduce(sums)
     count, exact, token = sums.tolist()
@@ -382,25 +394,27 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
 
 # ----------------------------------------------------------------------------- training
 
-def train(cfg: dict, config_name: str) -> None:
+def train(cfg: dict, config_name: str, typed: set[str] = frozenset()) -> None:
+    """`typed`: the keys set on the command line (a preset's bfloat16 on a CPU without bf16 units becomes float32)."""
     tc = parse_train_config(cfg)
     processes = setup_processes(tc.device, tc.threads)
     try:
         with contextlib.ExitStack() as cleanup, StopRequests() as stop:
-            _train(cfg, tc, config_name, processes, cleanup, stop)
+            _train(cfg, tc, config_name, processes, cleanup, stop, typed)
     finally:
         close_processes(processes)
 
 
 def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
-           stop: StopRequests) -> None:
+           stop: StopRequests, typed: set[str]) -> None:
     device, rank, world_size = processes.device, processes.rank, processes.world_size
     if tc.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
     if (tc.eval_batch_size or tc.global_batch_size) % world_size:
         raise ConfigError(f"eval_batch_size: {tc.eval_batch_size} does not split over {world_size} processes")
     if "forward_dtype" in cfg["arch"]:  # `auto` resolved here, so that the checkpoint says which it was
-        cfg["arch"]["forward_dtype"] = resolve_forward_dtype(cfg["arch"]["forward_dtype"], device, world_size)
+        cfg["arch"]["forward_dtype"] = resolve_forward_dtype(cfg["arch"]["forward_dtype"], device, world_size,
+                                                             "arch.forward_dtype" in typed, "arch.forward_dtype")
     model_config = model_config_for(cfg["arch"], tc.data_path)
     cfg["arch"] = {**cfg["arch"], **model_config.to_dict()}  # every ModelConfig field, seq_len/vocab_size included
     check_model_fits(model_config, tc, world_size, device)
@@ -448,9 +462,12 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     train_head = head
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        # Buffers (TRM's fixed latents, rotary tables) never change: synced once at init, not every forward.
+        # Buffers (TRM's fixed latents, rotary tables) never change: synced once at init, not every forward
+        # (forward_sync_buffers=False from torch 2.13, where broadcast_buffers is deprecated; the same before it).
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else "broadcast_buffers")
         train_head = DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None,
-                                             broadcast_buffers=False, gradient_as_bucket_view=True)
+                                             gradient_as_bucket_view=True, **{no_sync: False})
 
     logger, bar = None, None
     if rank == 0:
@@ -477,7 +494,24 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)  # identical on every rank after DDP
     first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss or gradient
     logged_steps, start_time, stopping = 0, time.time(), False
-    while step < total_steps and not stopping:
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    history = broadcast(eval_history(metrics_path) if rank == 0 else None, world_size) if resume_from else []
+    plateau = plateaued(history, tc.early_stop_patience)
+
+    def run_eval(step: int) -> None:  # the EMA weights (if any) on the test split; rank 0 logs and prints
+        eval_head.load_state_dict(head.state_dict())
+        if ema is not None:
+            ema.copy_to(eval_head)
+        results = evaluate(eval_head.model, cfg, device, rank, world_size)
+        history.append((step, results["eval/exact_accuracy"]))
+        if rank == 0:
+            logger.log({"step": step, **results})
+            bar.write(f"step {step}: eval exact {results['eval/exact_accuracy']:.4f} token {results['eval/accuracy']:.4f} "
+                      f"({int(results['eval/count'])} puzzles{', EMA' if ema else ''})")
+
+    if eval_head is not None and step == total_steps and (not history or history[-1][0] < step):
+        run_eval(step)  # a run killed during its final evaluation, resumed: the checkpoint is there, the numbers not
+    while step < total_steps and not stopping and not plateau:
         step += 1
         batch = to_device(loader.next_batch(), device)
         if carry is None:
@@ -524,21 +558,22 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         save_due = (tc.checkpoint_interval_steps and step % tc.checkpoint_interval_steps == 0) or step == total_steps
         if log_due or eval_due or save_due or stopping:
             check_finite(first_bad_step, run_dir)
-        if eval_due:
-            eval_head.load_state_dict(head.state_dict())
-            if ema is not None:
-                ema.copy_to(eval_head)
-            results = evaluate(eval_head.model, cfg, device, rank, world_size)
-            if rank == 0:
-                logger.log({"step": step, **results})
-                bar.write(f"step {step}: eval exact {results['eval/exact_accuracy']:.4f} token {results['eval/accuracy']:.4f} "
-                          f"({int(results['eval/count'])} puzzles{', EMA' if ema else ''})")
+        # The checkpoint first: a run killed during the (long) final evaluation resumes at its last step.
         if save_due or stopping:
             save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size)
+        if eval_due:
+            run_eval(step)
+            plateau = plateaued(history, tc.early_stop_patience)
+            if plateau and not (save_due or stopping):
+                save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size)
 
     if rank == 0:
         bar.close()
-        if stopping and step < total_steps:
+        if plateau and step < total_steps:
+            best_step, best = max(history, key=lambda h: h[1])
+            print(f"stopped early after step {step}: the test exact accuracy has not risen for {tc.early_stop_patience} "
+                  f"evaluations (best {best:.4f} at step {best_step}): {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
+        elif stopping and step < total_steps:
             print(f"stopped by {stop.signal_name} after step {step}: {run_dir}/{shard_name(step, 0)} written; continue with "
                   f"the same command plus resume=true" + ("" if tc.run_name or tc.checkpoint_path else f" run_name={run_name}"),
                   file=sys.stderr)
@@ -548,6 +583,18 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
             print(f"training curves: {plot_training_curves(run_dir)}", file=sys.stderr)
         except Exception as e:
             print(f"warning: {run_dir}: training curves not drawn ({first_line(e)})", file=sys.stderr)
+
+
+def eval_history(metrics_path: str) -> list[tuple[int, float]]:
+    """(step, test exact accuracy) of every evaluation a resumed run logged before its checkpoint."""
+    return [(r["step"], r["eval/exact_accuracy"]) for r in read_metrics(metrics_path) if "eval/exact_accuracy" in r]
+
+
+def plateaued(history: list[tuple[int, float]], patience: int | None) -> bool:
+    """Early stop: none of the last `patience` evaluations beat the best one before them."""
+    if not patience or len(history) <= patience:
+        return False
+    return max(a for _, a in history[-patience:]) <= max(a for _, a in history[:-patience])
 
 
 def check_finite(first_bad_step: torch.Tensor, run_dir: str) -> None:
@@ -579,10 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_name, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
         cfg = compose_train_config(config_name, overrides)
-        train(cfg, config_name)
+        train(cfg, config_name, typed_keys("train", overrides))
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
         if should_report(e):
-            print(f"error: {e}", file=sys.stderr)
+            sys.stderr.write(f"error: {e}\n")  # one write: the lines of several ranks do not interleave
         return 2
     except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
         print(f"error: {os_error_line(e)}", file=sys.stderr)

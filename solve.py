@@ -12,9 +12,15 @@ as in evaluate.py, so `data_path=D index=i` gives the answer evaluate.py scored 
 Keys and defaults: config/cfg_solve.yaml. image=P.png also draws each answer (P_1.png, ... for a file); an
 existing file is never overwritten.
 """
+import sys
+
+from config import answer_help
+
+HELP_PRESETS = {}
+answer_help("solve", __doc__, None, HELP_PRESETS)  # before torch is imported
+
 import math
 import os
-import sys
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -23,15 +29,13 @@ from tqdm import tqdm
 
 from config import compose_config
 from dataset.common import load_split
-from evaluate import run_entry, train_setting
+from evaluate import load_model, run_entry, train_setting
 from evaluation import render
 from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
-from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
 from utils.files import check_writable
-from utils.processes import resolve_forward_dtype
 from utils.typecheck import check_range, check_types
 
 CHUNK = 64  # puzzles per forward pass
@@ -210,8 +214,7 @@ def image_paths(cfg: SolveConfig, count: int) -> list[str]:
 
 def solve(cfg: SolveConfig, device: torch.device) -> int:
     """Answer every puzzle, printing each batch's answers as it finishes; returns how many were answered."""
-    overrides = {"forward_dtype": resolve_forward_dtype(cfg.forward_dtype, device)} if cfg.forward_dtype else None
-    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, 1)
     config = head.model.config
     task = render.task_of(config.vocab_size, config.seq_len)
     if task is None:

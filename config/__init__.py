@@ -1,6 +1,7 @@
 """Hydra composition for the entry points (pretrain.py, evaluate.py): config/ -> a plain dict."""
 import os
 import re
+import sys
 
 from omegaconf import OmegaConf
 
@@ -20,6 +21,7 @@ def compose_config(config_name: str, overrides: list[str], entry: str | None = N
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    typed = reference_keys.typed_keys(entry, overrides) if entry else set()
     if entry:
         overrides = reference_keys.rewrite_overrides(entry, overrides)
     try:
@@ -35,7 +37,7 @@ def compose_config(config_name: str, overrides: list[str], entry: str | None = N
                               f"config/{config_name}.yaml and the defaults it names)") from None
         text = str(e).split("Config search path")[0]
         raise ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip())) from None
-    return reference_keys.apply_reference_keys(entry, container) if entry else container
+    return reference_keys.apply_reference_keys(entry, container, typed) if entry else container
 
 
 def merge_eval_yaml(cfg, path: str, overrides: list[str]) -> None:
@@ -106,3 +108,39 @@ def compose_eval_config(overrides: list[str]) -> dict:
         else:
             rest.append(override)
     return compose_config("cfg_eval", rest, "eval", eval_yaml)
+
+
+COMMANDS = {"pretrain": "eqr-train", "evaluate": "eqr-evaluate", "solve": "eqr-solve", "diagnose": "eqr-diagnose"}
+
+
+def help_text(doc: str, argv: list[str], config_name: str | None, preset_groups: dict[str, str]) -> str:
+    """An entry point's --help: its docstring, then (with a config) the presets and every key of the config that
+    `argv` composes (`--config-name NAME` picks another, key=value overrides apply)."""
+    if config_name is None:
+        return doc
+    overrides, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--config-name", "-cn") and i + 1 < len(argv):
+            config_name, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--config-name="):
+            config_name = argv[i].split("=", 1)[1]
+        elif not argv[i].startswith("-"):
+            overrides.append(argv[i])
+        i += 1
+    return doc + "\n" + config_help(config_name.removesuffix(".yaml"), overrides, preset_groups)
+
+
+def answer_help(entry: str, doc: str, config_name: str | None, preset_groups: dict[str, str]) -> None:
+    """--help before torch is imported (that takes seconds): called first in each entry point, it prints help_text
+    and exits when this process is `python ENTRY.py ... --help` or the console command's (eqr-train ...)."""
+    if os.path.basename(sys.argv[0]) not in (f"{entry}.py", COMMANDS[entry]):
+        return
+    if not any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        return
+    try:
+        print(help_text(doc, sys.argv[1:], config_name, preset_groups))
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    sys.exit(0)

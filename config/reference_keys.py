@@ -28,6 +28,7 @@ _IN_JOB = "does nothing here (evaluation runs inside the training job)"
 _EVAL_ONLY = "does nothing here (evaluation during training is B = 1; evaluate.py takes this key)"
 _NO_WANDB = "does nothing here (evaluation does not log to W&B)"
 _ALL_RULES = "does nothing here (every rule is always reported, docs/evaluation.md)"
+_TRAINING = "does nothing here (a training key; the authors' evaluator takes and ignores it too)"
 
 # entry point -> {their key: (what it does here, the values accepted, or ANY)}
 INERT = {
@@ -76,6 +77,18 @@ INERT = {
         "loss_head_name": ("does nothing here (the evaluator runs the model itself)", ANY),
         "top_k": ("does nothing here (the authors' evaluate.py does not read it either; see convergence_top_k)", ANY),
         "convergence_vis_plots": ("does nothing here (plots=true writes this repository's plots)", ANY),
+        # Their evaluator takes any key (extra="allow"), so their training keys too; ours that the evaluator has
+        # (seed, global_batch_size, resume, convergence_*) keep their meaning here.
+        "wandb_mode": (_NO_WANDB, ANY),
+        **{key: (_TRAINING, ANY) for key in (
+            "arch", "dataset", "optimizer_kwargs", "epochs", "lr", "lr_min_ratio", "lr_warmup_steps",
+            "gradient_accumulation_steps", "weight_decay", "beta1", "beta2", "grad_clip_norm", "target_q_update_every",
+            "project_name", "entity", "run_name", "checkpoint_path", "load_checkpoint", "load_weights_only",
+            "train_epochs_per_iter", "eval_interval_steps", "eval_save_outputs", "heavy_metrics_log_interval",
+            "steps_hist_log_interval_steps", "steps_hist_plotly", "checkpoint_interval_steps", "max_steps", "ema",
+            "ema_rate", "debug", "debug_trace_steps", "grad_norm_log_interval_steps", "hidden_state_log_interval_steps",
+            "gradient_checkpoint", "retain_graph", "eval_sync_max_wait_time", "eval_sync_poll_interval",
+            "eval_sync_status_log_interval", "eval_description", "eval_dir")},
     },
 }
 SWEEPS = ("param_iter", "shared_param_iter")  # evaluation: {arch.halt_max_steps: D or [D, ...]} is the depth
@@ -84,6 +97,18 @@ SWEEPS = ("param_iter", "shared_param_iter")  # evaluation: {arch.halt_max_steps
 def their_keys(entry: str) -> set[str]:
     """Top-level keys of the authors' configs that `entry` takes besides its own (aliases aside)."""
     return {key for key in INERT[entry] if "." not in key} | (set(SWEEPS) if entry == "eval" else set())
+
+
+def typed_keys(entry: str, overrides: list[str]) -> set[str]:
+    """The keys set on the command line, in our spelling (`+max_steps=1` -> max_steps, `dataset_data_path` ->
+    data_path), dotted for nested ones: notices are for these only, not for keys of a yaml the user did not write."""
+    keys = set()
+    for override in overrides:
+        key, eq, _ = override.partition("=")
+        if eq and not key.startswith("~"):
+            key = key.lstrip("+")
+            keys.add(ALIASES.get(entry, {}).get(key, key))
+    return keys
 
 
 def rewrite_overrides(entry: str, overrides: list[str]) -> list[str]:
@@ -102,28 +127,34 @@ def rewrite_overrides(entry: str, overrides: list[str]) -> list[str]:
     return rewritten
 
 
-def apply_reference_keys(entry: str, cfg: dict) -> dict:
-    """Drop (with a notice) or refuse the authors' keys in a composed, resolved config; map their sweeps."""
+def apply_reference_keys(entry: str, cfg: dict, typed: set[str] | None = None) -> dict:
+    """Drop or refuse the authors' keys in a composed, resolved config; map their sweeps. What a key does here is
+    said in one notice where the user typed it (`typed`, from typed_keys; None: every key), not for a yaml's."""
+    def said(key: str) -> bool:
+        return typed is None or any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in typed)
+
     for key, (meaning, accepted) in INERT[entry].items():
         parent, _, leaf = key.rpartition(".")
         node = cfg.get(parent) if parent else cfg
         if not isinstance(node, dict) or leaf not in node:
             continue
         value = node.pop(leaf)
-        said = f"{key}={json.dumps(value, default=str)} (the authors' key) {meaning}"
+        text = f"{key}={json.dumps(value, default=str)} (the authors' key) {meaning}"
         if accepted is not ANY and value not in accepted:
-            raise ConfigError(said)
-        notice(said)
+            raise ConfigError(text)
+        if said(key):
+            notice(text)
     if entry == "eval":
-        _apply_sweeps(cfg)
+        _apply_sweeps(cfg, said)
         if "convergence_top_k" in cfg and cfg["convergence_top_k"] is None:
             cfg["convergence_top_k"] = 1
-            notice("convergence_top_k: null (the authors' 'no top-k curve') is 1 here; "
-                   "top-1 by convergence is always reported at B > 1")
+            if said("convergence_top_k"):
+                notice("convergence_top_k: null (the authors' 'no top-k curve') is 1 here; "
+                       "top-1 by convergence is always reported at B > 1")
     return cfg
 
 
-def _apply_sweeps(cfg: dict) -> None:
+def _apply_sweeps(cfg: dict, said) -> None:
     """The authors' `param_iter: {arch.halt_max_steps: ...}`: a depth, or a list of depths (one pass here)."""
     for key in SWEEPS:
         for name, value in _flatten(cfg.pop(key, None) or {}).items():
@@ -132,10 +163,12 @@ def _apply_sweeps(cfg: dict) -> None:
                                   f"(use depths=[...] and breadths=[...])")
             if isinstance(value, list):
                 cfg["depths"], cfg["halt_max_steps"] = value, None  # null: max(depths)
-                notice(f"{key}.{name}={value} is depths={value} here, evaluated in one pass")
+                if said(key):
+                    notice(f"{key}.{name}={value} is depths={value} here, evaluated in one pass")
             elif value != cfg.get("halt_max_steps"):
                 cfg["halt_max_steps"] = value
-                notice(f"{key}.{name}={value} sets halt_max_steps={value}")
+                if said(key):
+                    notice(f"{key}.{name}={value} sets halt_max_steps={value}")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -53,7 +53,9 @@ class PuzzleDatasetMetadata:
 def load_metadata(data_path: str, split: str) -> PuzzleDatasetMetadata:
     path = os.path.join(data_path, split, "dataset.json")
     if not os.path.isfile(path):
-        raise DatasetError(f"{path}: missing (expected a dataset split folder with dataset.json)")
+        raise DatasetError(f"{path}: missing (expected a dataset split folder with dataset.json); build the set with "
+                           f"python -m dataset.build_sudoku_dataset or dataset.build_maze_unique_dataset --output-dir "
+                           f"{data_path}, or download the authors' with bash scripts/download_artifacts.sh (docs/datasets.md)")
     try:
         with open(path) as f:
             raw = json.load(f)

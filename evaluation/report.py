@@ -140,7 +140,8 @@ def format_table(spec: GridSpec, rows: list[dict], puzzles: int) -> str:
     else:
         block("[paper metric] exact accuracy: top-1 by convergence (B>1, D>=2) / trajectory 1",
               lambda d, b: find(rows, d, b, spec.headline_rule(d, b)))
-        block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
+        if spec.max_breadth > 1:  # at B = 1 the paper's metric is trajectory 1: the block above
+            block("trajectory 1", lambda d, b: find(rows, d, b, "traj1"))
     if spec.max_breadth > 1 and not spec.elastic:
         block("majority vote", lambda d, b: find(rows, d, b, "majority"))
         block("pass@B (any of the B right)", lambda d, b: find(rows, d, b, f"pass@{b}"))
@@ -251,7 +252,8 @@ def _heatmap(path: str, spec: GridSpec, rows: list[dict], checkpoint: str, puzzl
     accuracy = np.array([[(find(rows, d, b, spec.headline_rule(d, b)) or {}).get("accuracy", np.nan)
                           for d in spec.depths] for b in spec.breadths], dtype=float) * 100
     floor = 50 / max(puzzles, 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(spec.depths), 1.4 + 0.6 * len(spec.breadths)))
+    # at least 5 x 3.6 inches: the title and the colour bar's label need that much even for one cell
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.9 * len(spec.depths)), max(3.6, 1.4 + 0.6 * len(spec.breadths))))
     image = ax.imshow(np.clip(100 - accuracy, floor, 100), origin="lower", cmap="viridis_r", aspect="auto",
                       norm=LogNorm(vmin=floor, vmax=100))
     ax.set_xticks(range(len(spec.depths)), [str(d) for d in spec.depths])

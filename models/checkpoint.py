@@ -136,7 +136,9 @@ def read_checkpoint(path: str, trust_checkpoint: bool = False) -> tuple[dict, st
     (the authors' files); `trust_checkpoint` skips both for a plain, unrestricted torch.load.
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file (the authors' checkpoints: bash scripts/download_artifacts.sh "
+                              f"--ckpts-only, into downloaded_checkpoints/, or checkpoint=hf://locuslab/EqR-model/...; "
+                              f"a run's: checkpoints/<project>/<run>/step_<N>.pt)")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic.startswith(b"PK\x03\x04"):

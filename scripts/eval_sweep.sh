@@ -20,10 +20,10 @@ NNODES="${NNODES:-1}"
 
 grid=(eval=paper_grid "checkpoint=${checkpoint}")
 if [[ "${NNODES}" == "1" ]]; then
-  exec "${PYTHON}" -m torch.distributed.run --standalone --nproc-per-node "${NPROC_PER_NODE}" \
+  exec "${PYTHON}" -m utils.torchrun --standalone --nproc-per-node "${NPROC_PER_NODE}" \
     evaluate.py "${grid[@]}" "$@"
 fi
-exec "${PYTHON}" -m torch.distributed.run --nnodes "${NNODES}" --node-rank "${NODE_RANK:?set NODE_RANK}" \
+exec "${PYTHON}" -m utils.torchrun --nnodes "${NNODES}" --node-rank "${NODE_RANK:?set NODE_RANK}" \
   --nproc-per-node "${NPROC_PER_NODE}" --rdzv-backend c10d \
   --rdzv-endpoint "${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}" --rdzv-id "${RDZV_ID:-eqr-eval}" \
   evaluate.py "${grid[@]}" "$@"

@@ -78,7 +78,7 @@ def test_training_help_lists_the_presets_and_the_chosen_presets_defaults(capsys)
         pretrain.main(["--help", "--config-name", "train/eqr_sudoku_cpu", "lr=0.5"])
     assert stop.value.code == 0
     out = capsys.readouterr().out
-    assert "eqr_sudoku_cpu, ff_maze_cpu, ff_maze_unique, ff_sudoku" in out and "maze_unique, sudoku" in out
+    assert "eqr_sudoku_cpu, eqr_sudoku_quickstart, ff_maze_cpu, ff_maze_unique, ff_sudoku" in out and "maze_unique, sudoku" in out
     for line in ("  max_steps=3000", "  arch.hidden_size=64", "  lr=0.5", "  ema=true", "  run_name=null"):
         assert line + "\n" in out
 
@@ -100,3 +100,34 @@ def test_builder_help_shows_defaults_and_the_example_as_written(module, default,
     out = capsys.readouterr().out
     assert default in out
     assert f"python -m dataset.{module} --output-dir" in out and " \\\n        --" in out  # line continuation kept
+
+
+@pytest.mark.parametrize("entry", ["pretrain.py", "evaluate.py", "solve.py", "diagnose.py"])
+def test_help_does_not_import_torch(entry):
+    """--help answers before torch is imported (it takes seconds): the usage, with nothing of torch loaded."""
+    probe = ("import runpy, sys; sys.argv = [sys.argv[1], '--help']\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
+    done = subprocess.run([sys.executable, "-c", probe, entry], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "torch not loaded" and f"python {entry}" in done.stdout
+
+
+@pytest.mark.slow  # two processes under torchrun, each starting torch
+@pytest.mark.parametrize("script", ["train.sh", "torchrun"])
+def test_a_missing_dataset_under_torchrun_is_one_error_line(script, tmp_path):
+    """Two processes find the same missing dataset: one `error:` line that says how to get it, exit status 2, and
+    none of torchrun's report of a failed worker (scripts/train.sh launches through utils/torchrun.py)."""
+    env = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    missing = tmp_path / "nowhere"
+    launcher = (["bash", "scripts/train.sh", "eqr_sudoku_cpu"] if script == "train.sh" else
+                [sys.executable, "-m", "utils.torchrun", "--standalone", "--nproc-per-node", "2", "pretrain.py",
+                 "--config-name", "train/eqr_sudoku_cpu"])
+    done = subprocess.run([*launcher, f"data_path={missing}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: {missing}/train/dataset.json: missing (expected a dataset split folder with dataset.json); build the "
+        f"set with python -m dataset.build_sudoku_dataset or dataset.build_maze_unique_dataset --output-dir {missing}, "
+        f"or download the authors' with bash scripts/download_artifacts.sh (docs/datasets.md)"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import launch
-from utils.processes import ProcessSetupError, check_torch_version, choose_device, launch_env
+from utils.processes import (ProcessSetupError, check_torch_version, choose_device, launch_env, native_forward_dtype,
+                             resolve_forward_dtype)
 
 # (device=, GPUs visible, local rank, processes on the node, processes in all) -> device, or a phrase of the error
 CASES = [
@@ -113,3 +114,23 @@ def test_a_core_kept_busy_by_another_process_is_not_counted_idle(monkeypatch):
         os.sched_setaffinity(0, own)
         spinner.kill()
         spinner.wait()
+
+
+def test_bfloat16_on_a_device_without_bf16_units_runs_in_float32_with_one_notice(capsys):
+    """The preset's or checkpoint's bfloat16 (not typed) on an AVX2-only CPU: float32 and one notice that says how
+    to keep bfloat16; typed, or on a CPU with bf16 units, it stays; `auto` is the native dtype, silently."""
+    cpu = torch.device("cpu")
+    avx2, amx = {"avx2", "fma"}, {"avx2", "avx512_bf16", "amx_bf16"}
+    assert (native_forward_dtype(cpu, avx2), native_forward_dtype(cpu, amx)) == ("float32", "bfloat16")
+    assert native_forward_dtype(cpu, {"asimd", "bf16"}) == "bfloat16"  # Arm's flag, in /proc/cpuinfo's Features
+    cases = [("bfloat16", False, "float32", "float32"), ("bfloat16", True, "float32", "bfloat16"),
+             ("bfloat16", False, "bfloat16", "bfloat16"), ("auto", False, "float32", "float32"),
+             ("auto", False, "bfloat16", "bfloat16"), ("float32", False, "bfloat16", "float32"), (None, False, "float32", None)]
+    for requested, typed, native, expected in cases:
+        assert resolve_forward_dtype(requested, cpu, typed=typed, key="arch.forward_dtype", native=native) == expected
+        notices = capsys.readouterr().err.splitlines()
+        if (requested, typed, native) == ("bfloat16", False, "float32"):
+            assert len(notices) == 1 and notices[0].startswith("notice: arch.forward_dtype: bfloat16 runs in float32")
+            assert "type arch.forward_dtype=bfloat16 to keep it" in notices[0]
+        else:
+            assert notices == []

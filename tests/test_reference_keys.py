@@ -72,6 +72,21 @@ def test_every_key_of_their_eval_configs_is_taken(plus, capsys):
     assert all(line.startswith("notice: ") for line in capsys.readouterr().err.splitlines())
 
 
+def test_their_evaluator_takes_their_training_keys_and_notices_are_for_typed_keys_only(capsys):
+    """Their evaluate.py takes any key (extra="allow"), so every key of their training schema works here too, each
+    with its one notice; the keys of an eval_yaml the user did not write say nothing."""
+    cfg = evaluate.parse_config(compose_eval_config(["checkpoint=c.pt", *(f"{k}={v}" for k, v in THEIR_TRAIN_KEYS.items())]))
+    assert (cfg.seed, cfg.global_batch_size, cfg.resume) == (3, 768, False)
+    notices = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("notice: ") for line in notices) and len(notices) >= len(THEIR_TRAIN_KEYS) - 8
+    assert 'notice: wandb_mode="disabled" (the authors\' key) does nothing here (evaluation does not log to W&B)' in notices
+
+    evaluate.parse_config(compose_eval_config([f"eval_yaml={DEPTH_BREADTH}", "checkpoint=c.pt"]))
+    assert capsys.readouterr().err == ""  # its suffix, force_rerun, wandb_run_name ... were not typed
+    evaluate.parse_config(compose_eval_config([f"eval_yaml={DEPTH_BREADTH}", "checkpoint=c.pt", "suffix=x"]))
+    assert capsys.readouterr().err.startswith('notice: suffix="x" (the authors\' key) does nothing here')
+
+
 @pytest.mark.parametrize("entry, overrides, message", [
     ("train", ["+no_such_key=1"], "no_such_key: unknown config key"),
     ("train", ["no_such_key=1"], "no_such_key: unknown config key"),

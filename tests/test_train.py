@@ -228,7 +228,7 @@ def test_reference_key_dataset_data_path_is_an_alias():
 
 
 @pytest.mark.parametrize("name", ["eqr_sudoku_cpu", "trm_sudoku_cpu", "ff_sudoku_cpu", "eqr_maze_cpu", "trm_maze_cpu",
-                                  "ff_maze_cpu"])
+                                  "ff_maze_cpu", "eqr_sudoku_quickstart"])
 def test_cpu_presets_compose(name):
     tc = pretrain.parse_train_config(pretrain.compose_train_config(f"train/{name}", []))
     assert tc.device == "cpu" and tc.global_batch_size <= 64 and tc.arch["hidden_size"] <= 128
@@ -241,3 +241,52 @@ def test_forward_dtype_auto_is_resolved_and_saved(sudoku_path, tmp_path):
     assert pretrain.main(["--config-name", "train/eqr_sudoku", *args, "arch.forward_dtype=auto"]) == 0
     saved = torch.load(run / "step_1.pt", weights_only=True)["config"]["arch"]["forward_dtype"]
     assert saved == native_forward_dtype(torch.device("cpu")) and saved in ("bfloat16", "float32")
+
+
+def test_a_bfloat16_preset_on_a_cpu_without_bf16_units_trains_in_float32(sudoku_path, tmp_path, capsys, monkeypatch):
+    """The paper preset's bfloat16 on an AVX2-only CPU (simulated: its /proc/cpuinfo flags) runs in float32, says so
+    once and names the dtype, device and threads in the header; typed on the command line, bfloat16 stays."""
+    import utils.processes
+    monkeypatch.setattr(utils.processes, "cpu_flags", lambda: {"avx2", "fma"})
+    args = [a for a in overrides(sudoku_path, tmp_path / "auto", "max_steps=1", "threads=1")
+            if not a.startswith("arch.forward_dtype=")]
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *args]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("notice:")] == [
+        "notice: arch.forward_dtype: bfloat16 runs in float32 here (this CPU has no bfloat16 units, so bfloat16 would "
+        "be emulated, about 10x slower; answers may differ slightly); type arch.forward_dtype=bfloat16 to keep it"]
+    assert "parameters in float32," in err and "1 process(es) on cpu with 1 thread(s)" in err
+    assert torch.load(tmp_path / "auto" / "step_1.pt", weights_only=True)["config"]["arch"]["forward_dtype"] == "float32"
+
+    args = [a.replace("/auto", "/typed") for a in args]
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *args, "arch.forward_dtype=bfloat16"]) == 0
+    err = capsys.readouterr().err
+    assert "notice:" not in err and "parameters in bfloat16," in err
+
+
+@pytest.mark.slow
+def test_the_final_checkpoint_is_written_before_the_final_evaluation(tmp_path):
+    """A run killed during its last evaluation (killed as soon as its progress bar shows) has its last step on disk;
+    resumed, it runs only that evaluation."""
+    data = str(tmp_path / "data")
+    build_sudoku_dataset.main(["--generate", "16", "--generate-test", "300", "--num-aug", "1", "--min-givens", "50",
+                               "--output-dir", data])
+    run = tmp_path / "run"
+    args = ["--config-name", "train/eqr_sudoku", *overrides(data, run, "max_steps=4", "eval_interval_steps=100",
+                                                           "eval_max_examples=null", "arch.halt_max_steps=16")]
+    proc = run_cli(args)
+    seen = ""
+    while "eval D16" not in seen:  # the evaluation's progress bar, on stderr
+        chunk = os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
+        assert chunk, f"the run ended before its final evaluation: {seen[-2000:]}"
+        seen += chunk
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert (run / "latest").read_text().strip() == "step_4.pt"
+    assert not [m for m in read_metrics(run) if "eval/exact_accuracy" in m]
+
+    resumed = run_cli([*args, "resume=true"])
+    assert resumed.wait() == 0
+    err = resumed.stderr.read()
+    assert "resuming at step 4" in err
+    assert [m["step"] for m in read_metrics(run) if "eval/exact_accuracy" in m] == [4]

@@ -14,6 +14,7 @@ threads=N says otherwise, a process takes the cores idle at its start (`choose_t
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -152,24 +153,42 @@ def choose_threads(requested: int | None, device: torch.device, local_world_size
     return max(1, int(idle / local_world_size + 0.2))
 
 
-def native_forward_dtype(device: torch.device) -> str:
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # /proc/cpuinfo flags of CPUs that multiply bfloat16 in hardware
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        with open(cpuinfo) as f:
+            return {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return set()
+
+
+def native_forward_dtype(device: torch.device, flags: set[str] | None = None) -> str:
     """`forward_dtype: auto`: bfloat16 where `device` multiplies it in hardware (CUDA compute capability 8+, a CPU
-    with avx512_bf16, AMX or Arm's bf16), float32 otherwise, where bfloat16 is emulated and several times slower
-    (10x for a training step of the *_cpu presets on an AVX2 CPU)."""
+    whose `flags` (default: this machine's /proc/cpuinfo) name avx512_bf16, AMX or Arm's bf16), float32 otherwise,
+    where bfloat16 is emulated and several times slower (10x for a training step of the *_cpu presets on an AVX2 CPU)."""
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float32"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
-    except OSError:
-        flags = set()
-    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "float32"
+    return "bfloat16" if (cpu_flags() if flags is None else flags) & BF16_CPU_FLAGS else "float32"
 
 
-def resolve_forward_dtype(requested: str | None, device: torch.device, world_size: int = 1) -> str | None:
-    """A forward_dtype key as given, except `auto`: the dtype `device` multiplies natively (native_forward_dtype),
-    rank 0's, so that every process runs the same one (a collective when `auto`: every rank calls it)."""
-    return broadcast(native_forward_dtype(device), world_size) if requested == "auto" else requested
+def resolve_forward_dtype(requested: str | None, device: torch.device, world_size: int = 1, typed: bool = True,
+                          key: str = "forward_dtype", native: str | None = None) -> str | None:
+    """The forward dtype to run: `auto` is the one `device` multiplies natively (native_forward_dtype, or `native`
+    where given); bfloat16 that the user did not type (a preset's, a checkpoint's) on a device without bf16 units
+    is float32, said in one notice; anything else as given. Rank 0 decides, so that every process runs the same
+    dtype (a collective for auto and bfloat16: every rank calls it)."""
+    if requested != "auto" and (requested != "bfloat16" or typed):
+        return requested
+    native = broadcast(native or native_forward_dtype(device), world_size)
+    if requested == "auto" or native == "bfloat16":
+        return native
+    if os.environ.get("RANK", "0") == "0":
+        unit = "GPU" if device.type == "cuda" else "CPU"
+        print(f"notice: {key}: bfloat16 runs in float32 here (this {unit} has no bfloat16 units, so bfloat16 would be "
+              f"emulated, about 10x slower; answers may differ slightly); type {key}=bfloat16 to keep it", file=sys.stderr)
+    return "float32"
 
 
 def setup_processes(requested_device: str | None, requested_threads: int | None = None) -> Processes:

@@ -1,0 +1,93 @@
+"""torchrun without its failure wall; scripts/train.sh, eval.sh and eval_sweep.sh launch through it.
+
+    python -m utils.torchrun [torchrun's flags] SCRIPT [args]
+
+The same as `torchrun`, except on a bad input: every rank finds it and prints the same `error:` line, and
+torchrun then adds its log lines, a traceback and a summary of the failure. Here the line is shown once, the rest
+of torchrun's report of a failure that already printed its `error:` line is dropped, and the launch exits with
+the worker's status. A worker's own traceback (a bug, not a bad input) still shows in full.
+"""
+import os
+import re
+import signal
+import sys
+
+LOG_LINE = re.compile(rb"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
+
+
+def copy_filtered(source: int, sink: int) -> None:
+    """Copy the workers' stderr to `sink` as it comes (progress bars included); after the first `error:` line,
+    drop repeats of it and torchrun's log lines."""
+    shown, held, seen_error = set(), b"", False
+    while chunk := os.read(source, 65536):
+        held += chunk
+        lines = held.split(b"\n")
+        held = lines.pop()
+        out = []
+        for line in lines:
+            bare = line.lstrip(b"\r")
+            if bare.startswith(b"error: "):
+                seen_error, duplicate = True, bare in shown
+                shown.add(bare)
+                if duplicate:
+                    continue
+            elif seen_error and LOG_LINE.match(bare):
+                continue
+            out.append(line + b"\n")
+        if held and not held.lstrip(b"\r")[:1] in (b"e", b"E", b"W", b"I"):  # a progress bar: show it now
+            out.append(held)
+            held = b""
+        os.write(sink, b"".join(out))
+    os.write(sink, held)
+
+
+def main(argv: list[str]) -> int:
+    """Fork: the child is torchrun with its stderr on a pipe, the parent copies the pipe (copy_filtered) until
+    every holder of it has exited, then returns the child's status."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        status = 1
+        try:
+            status = launch(argv)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))  # a scheduler's stop reaches torchrun
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun (the same process group) by itself
+    copy_filtered(read_end, 2)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def launch(argv: list[str]) -> int:
+    """torchrun's main, returning the first failed worker's status instead of raising ChildFailedError."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        args = parse_args(argv)
+        if str(args.nproc_per_node).isdigit() and int(args.nproc_per_node) > 1:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets anyway, without its banner about it
+        run(args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        status = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+        if status != 2:  # 2: the worker printed its `error:` line
+            print(f"error: rank {rank} exited with status {status} (its output is above)", file=sys.stderr)
+        return status
+    except SignalException as e:  # SIGTERM/SIGINT to torchrun: it has passed it on to the workers and waited for them
+        return 128 + int(e.sigval)
+    except SystemExit as e:  # torchrun's own usage errors
+        return e.code if isinstance(e.code, int) else 2
+    finally:
+        sys.stderr.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
