@@ -58,7 +58,7 @@ TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # issue 7; the
 EVAL_CELLS = ((16, 1), (64, 8))  # (depth, breadth) cells whose puzzles/s the benchmark reports
 # Elastic pool vs grid: (depth cap, eval batches fed through both) per mode, and the share of the first
 # batch's trajectories that the threshold, set from them, lets halt before the cap (a random model halts at no fixed one)
-ELASTIC = {"quick": (16, 3), "full": (64, 4)}
+ELASTIC = {"quick": (8, 3), "full": (64, 4)}
 ELASTIC_HALT_SHARE = 0.5
 # issue 14, on CUDA, for the default (compiled) path: MFU of the bf16 peak per preset, keyed draws' share of an eval step
 GPU_TARGETS = {"eqr_sudoku": 0.45, "eqr_maze_unique": 0.30, "keyed_rng_share": 0.05}
