@@ -12,7 +12,10 @@ per row, under torch.inference_mode), the peak memory of each, the analytic matm
 and the achieved fraction of the peak (MFU), and the cost of keyed randomness (an eval step
 drawing from evaluate.py's KeyedSampler against one drawing from torch's generator); all of it
 for the eager path and, on CUDA (or with --compile), again for the torch.compile'd core that
-pretrain.py and evaluate.py use there by default; and the start-up time, from launching
+pretrain.py and evaluate.py use there by default; the elastic pool (evaluation/pool.py) against the
+one-pass grid at the same depth cap on the same random-weight model and batches (puzzles/s of each,
+their ratio, the NFE ratio; the halting head gets random weights and its threshold is set so that half
+of the first batch's trajectories halt before the cap, eager path only); and the start-up time, from launching
 pretrain.py (max_steps=1, tiny generated Sudoku set) to the process exiting.
 Peak memory is the resident set size on CPU (VmHWM, reset before each measurement) and
 torch.cuda.max_memory_allocated on GPU.
@@ -35,6 +38,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from evaluation.keyed_rng import KeyedSampler  # noqa: E402
+from models.halting import HaltRule  # noqa: E402
 from utils.errors import RunError  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 from utils.processes import resolve_forward_dtype  # noqa: E402
@@ -52,6 +56,10 @@ DATA_SHAPES = {"data/sudoku-extreme-1k-aug-1000": (81, 11), "data/maze-30x30-uni
 CPU_BATCH = {"quick": (2, 4), "full": (8, 16)}
 TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # issue 7; the MFU ones are for eqr_sudoku on CPU
 EVAL_CELLS = ((16, 1), (64, 8))  # (depth, breadth) cells whose puzzles/s the benchmark reports
+# Elastic pool vs grid: (depth cap, eval batches fed through both) per mode, and the share of the first
+# batch's trajectories that the threshold, set from them, lets halt before the cap (a random model halts at no fixed one)
+ELASTIC = {"quick": (8, 3), "full": (64, 4)}
+ELASTIC_HALT_SHARE = 0.5
 # issue 14, on CUDA, for the default (compiled) path: MFU of the bf16 peak per preset, keyed draws' share of an eval step
 GPU_TARGETS = {"eqr_sudoku": 0.45, "eqr_maze_unique": 0.30, "keyed_rng_share": 0.05}
 
@@ -295,6 +303,52 @@ def bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, pea
     return row
 
 
+@torch.inference_mode()
+def halting_threshold(inner, batch: dict, depth: int, share: float, seed: int) -> float:
+    """The threshold at which `share` of the batch's trajectories (keyed as the grid's rows, B = 1) signal halt
+    before step `depth`: the quantile of each row's highest q_halt (less q_continue, for a model with that head)
+    over steps 1 ... depth - 1."""
+    config, n = inner.config, batch["inputs"].shape[0]
+    sampler = KeyedSampler(seed, batch["index"], torch.zeros_like(batch["index"]))
+    z_H = torch.zeros(n, config.latent_len, config.hidden_size, dtype=config.dtype, device=batch["inputs"].device)
+    z_L = torch.zeros_like(z_H)
+    inner.reset_latents(z_H, z_L, torch.ones(n, dtype=torch.bool, device=z_H.device), sampler)
+    best = torch.full((n,), -float("inf"), device=z_H.device)
+    for _ in range(depth - 1):
+        z_H, z_L, _, q = inner(z_H, z_L, batch["inputs"], sampler)
+        q_continue = inner.q_continue(z_H)
+        best = torch.maximum(best, q.float() - (0 if q_continue is None else q_continue))
+    return float(torch.quantile(best, 1 - share))
+
+
+def bench_elastic(config, batch_size, args, device) -> dict:
+    """The elastic pool (evaluation/pool.py) against the one-pass grid at the same depth cap, on the same
+    random-weight model and batches, through scripts/benchmark_elastic.py's comparison (eager, keyed)."""
+    from scripts.benchmark_elastic import compare
+
+    depth, count = ELASTIC["quick" if args.quick else "full"]
+    torch.manual_seed(0)
+    inner = RecurrentReasoner(config).to(device).eval().inner
+    with torch.no_grad():  # the halting head starts at zero weights (q = -5 everywhere): give it random ones
+        inner.q_head.weight.copy_(torch.randn(inner.q_head.weight.shape, generator=torch.Generator().manual_seed(2))
+                                  * config.hidden_size ** -0.5)
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for i in range(count):
+        batch = random_batch(config, batch_size, device, generator)
+        batch.update(index=torch.arange(i * batch_size, (i + 1) * batch_size, device=device),
+                     mask=torch.ones(batch_size, dtype=torch.bool, device=device))
+        batches.append(batch)
+    threshold = halting_threshold(inner, batches[0], depth, ELASTIC_HALT_SHARE, seed=0)
+    row = compare(inner, batches, depth, 1, (HaltRule(threshold),), batch_size, seed=0)
+    nfe = next(iter(row["nfe_per_puzzle"].values()))
+    return {"elastic_depth": depth, "elastic_puzzles": row["puzzles"], "elastic_threshold": threshold,
+            "elastic_grid_puzzles_per_s": row["grid_puzzles_per_s"], "elastic_pool_puzzles_per_s": row["pool_puzzles_per_s"],
+            "elastic_speedup": row["pool_puzzles_per_s"] / row["grid_puzzles_per_s"],
+            "elastic_nfe_ratio": depth * config.blocks_per_step / nfe,  # grid NFE over the pool's, per puzzle
+            "elastic_rows_ratio": row["grid_row_steps"] / row["pool_row_steps"], "elastic_same_counts": row["same_counts"]}
+
+
 def batch_sizes(name: str, cfg: dict, args, device) -> tuple[int, int]:
     train, evaluation = cfg["global_batch_size"], cfg["eval_batch_size"] or cfg["global_batch_size"]
     if device.type == "cpu" and not name.endswith("_cpu"):
@@ -375,6 +429,14 @@ def print_table(results: dict) -> None:
                   f"{r['train_peak_mem_mb']:>7.0f} | {r['eval_batch']:>6} {r['eval_step_s']:>8.3f} "
                   f"{r['eval_trajectory_steps_per_s']:>12.1f} {r['eval_mfu']:>6.1%} {r['eval_peak_mem_mb']:>7.0f} | "
                   f"{r['eval_keyed_step_s']:>8.3f} {r['keyed_rng_share']:>7.1%}")
+    print(f"elastic pool vs one-pass grid (eager, keyed, random weights and a random halting head, one rule q > threshold set so "
+          f"that {ELASTIC_HALT_SHARE:.0%} of the first batch's trajectories halt before the cap; pool = one eval batch of slots):")
+    print(f"{'preset':<16} {'D':>4} {'puzzles':>7} {'threshold':>9} {'grid p/s':>9} {'pool p/s':>9} {'pool/grid':>9} "
+          f"{'NFE grid/pool':>13} {'rows grid/pool':>14} {'same':>5}")
+    for name, r in results["presets"].items():
+        print(f"{name:<16} {r['elastic_depth']:>4} {r['elastic_puzzles']:>7} {r['elastic_threshold']:>9.3f} "
+              f"{r['elastic_grid_puzzles_per_s']:>9.2f} {r['elastic_pool_puzzles_per_s']:>9.2f} {r['elastic_speedup']:>9.3f} "
+              f"{r['elastic_nfe_ratio']:>13.3f} {r['elastic_rows_ratio']:>14.3f} {str(r['elastic_same_counts']):>5}")
     print("keyed %: share of an eval step (rng=keyed, evaluate.py's default) spent on keyed draws rather than torch's generator")
     for name, seconds in results["startup_s"].items():
         print(f"start-up to first finished step ({name}): {seconds:.2f} s")
@@ -461,6 +523,7 @@ def run(args) -> int:
         row = {"forward_dtype": config.forward_dtype, "params": sum(p.numel() for p in RecurrentReasoner(config).parameters()),
                "flops_per_row_forward": flops["forward"], "flops_per_row_train": flops["train"]}
         row.update(bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, dtype_peak, compiled=False))
+        row.update(bench_elastic(config, eval_batch, args, device))
         if compile_too:
             row["compiled"] = bench_preset(config, cfg, train_batch, eval_batch, args, device, memory, dtype_peak,
                                            compiled=True)

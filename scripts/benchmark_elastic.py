@@ -39,6 +39,37 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def compare(inner, batches, depth: int, breadth: int, rules, pool: int, seed: int) -> dict:
+    """Time the one-pass grid, then the pool, over `batches` at depth cap `depth` with halting `rules`
+    -> wall and CPU seconds, puzzles/s, rows computed and NFE per puzzle of each rule, and whether both
+    gave the same counts."""
+    common = dict(depths=(depth,), breadths=(breadth,), blocks_per_step=inner.config.blocks_per_step, halt_rules=rules)
+    grid, elastic = GridSpec(**common), GridSpec(**common, elastic=True)
+    keep = [grid.rules.index(rule) for rule in elastic.rules]
+    stats = {}
+
+    def run_grid():
+        return [run_batch(inner, b, grid, KeyedSampler(seed, *row_keys(grid, b["index"])))[0][:, :, keep] for b in batches]
+
+    def run_pool():
+        slots = torch.zeros(pool, dtype=torch.long, device=batches[0]["inputs"].device)
+        return [c for _, _, c, _ in elastic_batches(inner, enumerate(batches), elastic, pool,
+                                                   KeyedSampler(seed, slots, slots), stats)]
+
+    puzzles = sum(int(b["mask"].sum()) for b in batches)
+    grid_counts, grid_wall, grid_cpu = timed(run_grid)
+    pool_counts, pool_wall, pool_cpu = timed(run_pool)
+    total = sum(grid_counts)[0, 0]
+    return {"depth": depth, "puzzles": puzzles, "grid_wall_s": grid_wall, "grid_cpu_s": grid_cpu,
+            "pool_wall_s": pool_wall, "pool_cpu_s": pool_cpu,
+            "grid_puzzles_per_s": puzzles / grid_wall, "pool_puzzles_per_s": puzzles / pool_wall,
+            "grid_row_steps": sum(int(b["mask"].numel()) * breadth for b in batches) * depth,
+            "pool_row_steps": stats["slot_steps"], "pool_busy_row_steps": stats["busy_steps"],
+            "same_counts": all(torch.equal(a, b) for a, b in zip(grid_counts, pool_counts)),
+            # the all_traj+halt cell of each rule: NFE over all B trajectories
+            "nfe_per_puzzle": {r.label: float(total[3 * i + 1, 4]) / puzzles for i, r in enumerate(rules)}}
+
+
 @torch.inference_mode()
 def calibration(inner, batches, depth: int, thresholds: list[float], seed: int) -> int:
     """q_halt against correctness per step, trajectory 1 of every real puzzle, keyed as the grid's rows."""
@@ -103,38 +134,15 @@ def main(argv=None) -> int:
         return calibration(inner, batches, args.calibration, args.thresholds, args.seed)
     results = []
     for depth in args.depths:
-        common = dict(depths=(depth,), breadths=(args.breadth,), blocks_per_step=inner.config.blocks_per_step,
-                      halt_rules=rules)
-        grid, elastic = GridSpec(**common), GridSpec(**common, elastic=True)
-        keep = [grid.rules.index(rule) for rule in elastic.rules]
-
-        def run_grid():
-            return [run_batch(inner, b, grid, KeyedSampler(args.seed, *row_keys(grid, b["index"])))[0][:, :, keep]
-                    for b in batches]
-
-        def run_pool():
-            slots = torch.zeros(pool, dtype=torch.long)
-            out = [c for _, _, c, _ in elastic_batches(inner, enumerate(batches), elastic, pool,
-                                                       KeyedSampler(args.seed, slots, slots), stats)]
-            return out
-
         for _ in range(args.repeats):
-            stats = {}
-            grid_counts, grid_wall, grid_cpu = timed(run_grid)
-            pool_counts, pool_wall, pool_cpu = timed(run_pool)
-            same = all(torch.equal(a, b) for a, b in zip(grid_counts, pool_counts))
-            grid_rows = sum(int(b["mask"].numel()) * args.breadth for b in batches) * depth
-            total = sum(grid_counts)[0, 0]
-            nfe = {r.label: float(total[3 * i + 1, 4]) / puzzles for i, r in enumerate(rules)}  # all_traj+halt: all B
-            row = {"depth": depth, "grid_wall_s": grid_wall, "grid_cpu_s": grid_cpu, "pool_wall_s": pool_wall,
-                   "pool_cpu_s": pool_cpu, "grid_row_steps": grid_rows, "pool_row_steps": stats["slot_steps"],
-                   "pool_busy_row_steps": stats["busy_steps"], "same_counts": same, "nfe_per_puzzle": nfe}
+            row = compare(inner, batches, depth, args.breadth, rules, pool, args.seed)
             results.append(row)
-            print(f"D{depth}: grid {grid_wall:.1f} s wall / {grid_cpu:.1f} s CPU ({puzzles / grid_wall:.2f} puzzles/s), "
-                  f"pool {pool_wall:.1f} s / {pool_cpu:.1f} s ({puzzles / pool_wall:.2f} puzzles/s); "
-                  f"pool/grid: wall {pool_wall / grid_wall:.3f}, CPU {pool_cpu / grid_cpu:.3f}, "
-                  f"row-steps {stats['slot_steps'] / grid_rows:.3f} (busy {stats['busy_steps'] / grid_rows:.3f}); "
-                  f"NFE/puzzle by rule {', '.join(f'{k} {v:.1f}' for k, v in nfe.items())}; same counts: {same}")
+            nfe = row["nfe_per_puzzle"]
+            print(f"D{depth}: grid {row['grid_wall_s']:.1f} s wall / {row['grid_cpu_s']:.1f} s CPU ({row['grid_puzzles_per_s']:.2f} puzzles/s), "
+                  f"pool {row['pool_wall_s']:.1f} s / {row['pool_cpu_s']:.1f} s ({row['pool_puzzles_per_s']:.2f} puzzles/s); "
+                  f"pool/grid: wall {row['pool_wall_s'] / row['grid_wall_s']:.3f}, CPU {row['pool_cpu_s'] / row['grid_cpu_s']:.3f}, "
+                  f"row-steps {row['pool_row_steps'] / row['grid_row_steps']:.3f} (busy {row['pool_busy_row_steps'] / row['grid_row_steps']:.3f}); "
+                  f"NFE/puzzle by rule {', '.join(f'{k} {v:.1f}' for k, v in nfe.items())}; same counts: {row['same_counts']}")
     if args.out:
         atomic_write(args.out, (json.dumps({"checkpoint": info["uri"], "puzzles": puzzles, "pool": pool,
                                             "rules": [r.label for r in rules], "runs": results}, indent=2) + "\n").encode())

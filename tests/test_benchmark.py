@@ -19,7 +19,11 @@ PRESET_KEYS = {"forward_dtype", "params", "flops_per_row_forward", "flops_per_ro
                "eval_batch", "eval_step_s", "eval_first_step_s", "eval_trajectory_steps_per_s", "eval_peak_mem_mb",
                "eval_tflops", "eval_mfu", "eval_keyed_step_s", "keyed_rng_share", "puzzles_per_s_D16_B1",
                "puzzles_per_s_D64_B8"}
+ELASTIC_KEYS = {"elastic_depth", "elastic_puzzles", "elastic_threshold", "elastic_grid_puzzles_per_s",
+                "elastic_pool_puzzles_per_s", "elastic_speedup", "elastic_nfe_ratio", "elastic_rows_ratio",
+                "elastic_same_counts"}
 PATH_KEYS = PRESET_KEYS - {"forward_dtype", "params", "flops_per_row_forward", "flops_per_row_train"}
+PRESET_KEYS = PRESET_KEYS | ELASTIC_KEYS
 
 
 def check_results(results: dict, presets: list[str], startup: list[str]) -> None:
@@ -36,6 +40,10 @@ def check_results(results: dict, presets: list[str], startup: list[str]) -> None
             assert 0 <= path["keyed_rng_share"] < 1
             assert path["eval_trajectory_steps_per_s"] == pytest.approx(path["eval_batch"] / path["eval_step_s"])
             assert path["puzzles_per_s_D16_B1"] == pytest.approx(path["eval_batch"] / path["eval_keyed_step_s"] / 16)
+        # the pool gave the grid's counts, and the threshold made rows halt before the cap, so it computed less
+        assert row["elastic_same_counts"] is True
+        assert row["elastic_nfe_ratio"] > 1 and row["elastic_rows_ratio"] >= 1
+        assert row["elastic_speedup"] == pytest.approx(row["elastic_pool_puzzles_per_s"] / row["elastic_grid_puzzles_per_s"])
     assert set(results["startup_s"]) == set(startup) and all(v > 0 for v in results["startup_s"].values())
     for target in results["targets"].values():
         assert set(target) == {"value", "target", "met"} and isinstance(target["met"], bool)
