@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from config import compose_config
-from dataset.common import load_split
+from dataset.common import load_metadata, load_split
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches
 from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
 from evaluation import diagnostics_summary as summary_file
@@ -178,7 +178,10 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     if cfg.summary_only:
         return resummarise(cfg) if rank == 0 else None
     overrides = {"forward_dtype": "float32", **({"noise_scale": 0.0} if cfg.noise == "off" else {})}
-    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides)
+    data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None  # sizes a file without its own
+    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides,
+                               data_seq_len=data_meta.seq_len if data_meta else None,
+                               data_vocab_size=data_meta.vocab_size if data_meta else None)
     inner = head.model.inner.to(device).eval()
     model_config = inner.config
     data_path, _ = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)

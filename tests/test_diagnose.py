@@ -121,3 +121,18 @@ def test_killed_run_resumes_to_the_same_rows(checkpoint, tmp_path):
     assert diagnose.main([*base, f"output_dir={tmp_path / 'whole'}"]) == 0
     assert read_rows(tmp_path / "cut") == read_rows(tmp_path / "whole")
     assert not os.path.exists(tmp_path / "cut" / "partial")
+
+
+def test_an_authors_attention_file_is_sized_by_the_data(tmp_path):
+    """A file of the authors' format without mlp_t names no seq_len; diagnose.py takes it from data_path."""
+    from test_checkpoint import EQR_ARCH, with_orig_mod, write_reference_file
+    head = build_model(EQR, q_weight_std=0.5)
+    data = write_data(str(tmp_path / "data"), head, n=4)
+    arch = {**EQR_ARCH, **{k: EQR[k] for k in ("hidden_size", "num_heads", "H_cycles", "L_cycles", "L_layers")},
+            "board_height": None, "board_width": None, "forward_dtype": "float32"}
+    path = str(tmp_path / "eqr.pth")
+    write_reference_file(path, with_orig_mod(head.state_dict()), arch, None)
+    out = tmp_path / "out"
+    assert diagnose.main([f"checkpoint={path}", f"data_path={data}", f"output_dir={out}", "global_batch_size=4",
+                          *ARGS]) == 0
+    assert len(read_rows(out)) == 4
