@@ -4,6 +4,7 @@ Offline: the fresh venv sees this interpreter's site-packages (torch, hydra, set
 file, and a copy of the project is installed with --no-deps --no-build-isolation.
 """
 import os
+import signal
 import shutil
 import site
 import subprocess
@@ -131,3 +132,23 @@ def test_a_missing_dataset_under_torchrun_is_one_error_line(script, tmp_path):
         f"error: {missing}/train/dataset.json: missing (expected a dataset split folder with dataset.json); build the "
         f"set with python -m dataset.build_sudoku_dataset or dataset.build_maze_unique_dataset --output-dir {missing}, "
         f"or download the authors' with bash scripts/download_artifacts.sh (docs/datasets.md)"]
+
+
+def test_a_worker_child_holding_stderr_does_not_hold_the_launch_open(tmp_path):
+    """A worker that leaves a child of its own holding stderr (here `sleep 120`) and fails with its `error:`
+    line: utils/torchrun.py returns the worker's status once torchrun exits, without waiting for that child."""
+    script = tmp_path / "worker.py"
+    pid_file = tmp_path / "sleeper.pid"
+    script.write_text(f"import subprocess, sys\nsleeper = subprocess.Popen(['sleep', '120'])\n"
+                      f"open({str(pid_file)!r}, 'w').write(str(sleeper.pid))\n"
+                      f"sys.stderr.write('error: a bad input\\n')\nsys.exit(2)\n")
+    launch = subprocess.Popen([sys.executable, "-m", "utils.torchrun", "--standalone", "--nproc-per-node", "1",
+                               str(script)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = launch.communicate(timeout=90)  # a hang guard: the sleeper holds the pipe for 120 s
+    finally:
+        launch.kill()
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert launch.returncode == 2
+    assert err.splitlines() == ["error: a bad input"]

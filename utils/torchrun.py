@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import threading
 
 LOG_LINE = re.compile(rb"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
 
@@ -41,9 +42,13 @@ def copy_filtered(source: int, sink: int) -> None:
     os.write(sink, held)
 
 
+DRAIN_S = 5.0  # after torchrun exits: how long to wait for the rest of its workers' output
+
+
 def main(argv: list[str]) -> int:
     """Fork: the child is torchrun with its stderr on a pipe, the parent copies the pipe (copy_filtered) until
-    every holder of it has exited, then returns the child's status."""
+    torchrun has exited and the pipe is drained, then returns the child's status. A process that outlives
+    torchrun while holding the pipe (a worker's own child) does not hold the launch open past DRAIN_S."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
@@ -58,8 +63,10 @@ def main(argv: list[str]) -> int:
     os.close(write_end)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))  # a scheduler's stop reaches torchrun
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun (the same process group) by itself
-    copy_filtered(read_end, 2)
+    copier = threading.Thread(target=copy_filtered, args=(read_end, 2), daemon=True)
+    copier.start()
     _, status = os.waitpid(child, 0)
+    copier.join(DRAIN_S)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
