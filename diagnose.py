@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 from config import compose_config
-from dataset.common import load_metadata, load_split
-from dataset.puzzle_dataset import iter_test_batches, num_test_batches
+from dataset.common import load_metadata
+from dataset.puzzle_dataset import iter_test_batches, num_test_batches, num_test_examples
 from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
 from evaluation import diagnostics_summary as summary_file
 from evaluation.grid import fingerprint, fresh_init_std, partial_path, remove_partial, resume_partial
@@ -195,8 +195,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     if cfg.lyapunov_k > state_size:
         raise ConfigError(f"lyapunov_k: {cfg.lyapunov_k} exceeds the joint state's dimension {state_size}")
     seed = cfg.seed if cfg.seed is not None else int(train_setting(info["train_config"], "seed") or 0)
-    examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])
-    examples = min(examples, cfg.max_examples) if cfg.max_examples else examples
+    examples = num_test_examples(data_path, cfg.split, cfg.max_examples)
     if examples == 0:
         raise ConfigError(f"data_path: {data_path}/{cfg.split} holds no puzzles; there is nothing to diagnose")
     num_batches = num_test_batches(data_path, cfg.global_batch_size, cfg.split, examples)

@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 
 from config import compose_eval_config
-from dataset.common import DatasetError, load_metadata, load_split
-from dataset.puzzle_dataset import iter_test_batches, num_test_batches
+from dataset.common import DatasetError, load_metadata
+from dataset.puzzle_dataset import iter_test_batches, num_test_batches, num_test_examples
 from evaluation import predictions, render, report
 from evaluation.grid import (GridSpec, fingerprint, fresh_init_std, memory_lower_bound, partial_path, remove_partial,
                              resume_partial, row_keys, run_batch, save_partial)
@@ -269,8 +269,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     check_memory(model_config, spec, global_batch_size, world_size, device, pool_size)
     max_examples = cfg.max_eval_steps * global_batch_size if cfg.max_eval_steps else None
     num_batches = num_test_batches(data_path, global_batch_size, cfg.split, max_examples)
-    examples = len(load_split(data_path, cfg.split, check_values=False)[1]["inputs"])
-    examples = min(examples, max_examples) if max_examples else examples
+    examples = num_test_examples(data_path, cfg.split, max_examples)
     if examples == 0:
         raise ConfigError(f"data_path: {data_path}/{cfg.split} holds no puzzles; there is nothing to evaluate")
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from config import compose_train_config
 from config.reference_keys import typed_keys
 from dataset.common import DatasetError, load_metadata, load_split
-from dataset.puzzle_dataset import TrainLoader, iter_test_batches
+from dataset.puzzle_dataset import TrainLoader, iter_test_batches, num_test_examples
 from evaluation.curves import plot_training_curves
 from models.checkpoint import check_fits, safe_load
 from models.ema import EMA
@@ -365,8 +365,7 @@ def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size:
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # puzzles, exactly solved, token accuracy
     batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
     devices = [device] if device.type == "cuda" else []
-    puzzles = len(load_split(cfg["data_path"], "test", check_values=False)[1]["inputs"])
-    puzzles = min(puzzles, cfg["eval_max_examples"] or puzzles)
+    puzzles = num_test_examples(cfg["data_path"], "test", cfg["eval_max_examples"])
     bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{model.config.halt_max_steps}", leave=False,
                disable=rank != 0, dynamic_ncols=True)
     with bar, torch.random.fork_rng(devices=devices):

@@ -97,10 +97,14 @@ class TrainLoader:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
 
 
+def num_test_examples(data_path: str, split: str = "test", max_examples: int | None = None) -> int:
+    """The examples a pass over the split covers: all of them, or the first `max_examples`."""
+    total = len(load_split(data_path, split, check_values=False)[1]["inputs"])
+    return total if not max_examples else min(total, max_examples)
+
+
 def num_test_batches(data_path: str, global_batch_size: int, split: str = "test", max_examples: int | None = None) -> int:
-    meta, arrays = load_split(data_path, split, check_values=False)
-    total = len(arrays["inputs"]) if max_examples is None else min(len(arrays["inputs"]), max_examples)
-    return math.ceil(total / global_batch_size)
+    return math.ceil(num_test_examples(data_path, split, max_examples) / global_batch_size)
 
 
 def iter_test_batches(data_path: str, global_batch_size: int, rank: int = 0, world_size: int = 1, split: str = "test",
