@@ -44,7 +44,7 @@ from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import CheckpointError, RunError
 from utils.files import check_writable, hold_folder, os_error_line, release_folders
-from utils.processes import broadcast, close_processes, free_memory, resolve_forward_dtype, setup_processes, should_report
+from utils.processes import broadcast, close_processes, free_memory, resolve_forward_dtype, report_error, setup_processes
 from utils.typecheck import check_range, check_types
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
@@ -430,8 +430,7 @@ def run_entry(argv: list[str] | None, usage, configure, run) -> int:
         processes = setup_processes(cfg.device, cfg.threads)
         run(cfg, processes.rank, processes.world_size, processes.device)
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
-        if should_report(e):
-            sys.stderr.write(f"error: {e}\n")  # one write: the lines of several ranks do not interleave
+        report_error(e)
         return 2
     except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
         print(f"error: {os_error_line(e)}", file=sys.stderr)

@@ -52,7 +52,7 @@ from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, os_error_line, remove_stale_temp_files
 from utils.network import reachable
 from utils.processes import (StopRequests, broadcast, close_processes, free_memory, resolve_forward_dtype,
-                             setup_processes, should_report)
+                             report_error, setup_processes)
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
                               write_shard)
@@ -627,8 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_train_config(config_name, overrides)
         train(cfg, config_name, typed_keys("train", overrides))
     except (ConfigError, DatasetError, CheckpointError, RunError) as e:
-        if should_report(e):
-            sys.stderr.write(f"error: {e}\n")  # one write: the lines of several ranks do not interleave
+        report_error(e)
         return 2
     except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
         print(f"error: {os_error_line(e)}", file=sys.stderr)

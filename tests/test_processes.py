@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import launch
+import utils.processes
+from utils.errors import ConfigError
 from utils.processes import (ProcessSetupError, check_torch_version, choose_device, launch_env, native_forward_dtype,
-                             resolve_forward_dtype)
+                             report_error, resolve_forward_dtype)
 
 # (device=, GPUs visible, local rank, processes on the node, processes in all) -> device, or a phrase of the error
 CASES = [
@@ -134,3 +136,16 @@ def test_bfloat16_on_a_device_without_bf16_units_runs_in_float32_with_one_notice
             assert "type arch.forward_dtype=bfloat16 to keep it" in notices[0]
         else:
             assert notices == []
+
+
+def test_a_setup_error_is_printed_by_local_rank_0_while_the_others_wait_to_be_stopped(monkeypatch, capsys):
+    waits = []
+    monkeypatch.setattr(utils.processes.time, "sleep", waits.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    report_error(ProcessSetupError("3 processes on this node"))
+    assert capsys.readouterr().err == "" and waits == [utils.processes.SILENT_RANK_WAIT_S]
+    report_error(ConfigError("lr: expected a number"))  # not a node-wide problem: every rank says it
+    assert capsys.readouterr().err == "error: lr: expected a number\n" and len(waits) == 1
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    report_error(ProcessSetupError("3 processes on this node"))
+    assert capsys.readouterr().err == "error: 3 processes on this node\n" and len(waits) == 1

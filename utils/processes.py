@@ -260,11 +260,18 @@ def close_processes(processes: Processes | None) -> None:
         dist.destroy_process_group()
 
 
-def should_report(error: Exception) -> bool:
-    """Whether this process prints `error:` for `error`: a setup problem once per node, anything else on every rank."""
-    if not isinstance(error, ProcessSetupError):
-        return True
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+# How long a rank that leaves a setup error to local rank 0 waits before exiting: torchrun stops a node's workers at
+# the first exit, so a rank that exited at once could kill rank 0 before its line is written.
+SILENT_RANK_WAIT_S = 30
+
+
+def report_error(error: Exception) -> None:
+    """Print `error:` for `error`, in one write so that the lines of several ranks do not interleave: a setup problem
+    once per node (local rank 0; the node's other ranks wait for torchrun to stop them), anything else on every rank."""
+    if isinstance(error, ProcessSetupError) and os.environ.get("LOCAL_RANK", "0") != "0":
+        time.sleep(SILENT_RANK_WAIT_S)
+        return
+    sys.stderr.write(f"error: {error}\n")
 
 
 class StopRequests:
