@@ -44,7 +44,8 @@ from models.eqr import ConfigError, TorchSampler, compile_core
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import CheckpointError, RunError
 from utils.files import check_writable, hold_folder, os_error_line, release_folders
-from utils.processes import broadcast, close_processes, free_memory, resolve_forward_dtype, report_error, setup_processes
+from utils.processes import (broadcast, close_processes, exit_process, free_memory, report_error,
+                             resolve_forward_dtype, setup_processes)
 from utils.typecheck import check_range, check_types
 
 KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
@@ -447,4 +448,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

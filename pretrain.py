@@ -51,8 +51,8 @@ from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, os_error_line, remove_stale_temp_files
 from utils.network import reachable
-from utils.processes import (StopRequests, broadcast, close_processes, free_memory, resolve_forward_dtype,
-                             report_error, setup_processes)
+from utils.processes import (StopRequests, broadcast, close_processes, exit_process, free_memory,
+                             resolve_forward_dtype, report_error, setup_processes)
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
                               write_shard)
@@ -636,4 +636,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -149,3 +149,9 @@ def test_a_setup_error_is_printed_by_local_rank_0_while_the_others_wait_to_be_st
     monkeypatch.setenv("LOCAL_RANK", "0")
     report_error(ProcessSetupError("3 processes on this node"))
     assert capsys.readouterr().err == "error: 3 processes on this node\n" and len(waits) == 1
+
+
+def test_torch_versions_are_read_from_release_and_local_build_strings():
+    assert utils.processes.torch_version("2.4.1+cu121") == (2, 4)
+    assert utils.processes.torch_version("2.13.0+cpu") == (2, 13)
+    assert utils.processes.torch_version("2.8.0a0+git1234") == (2, 8)

@@ -97,9 +97,14 @@ def choose_device(requested: str | None, local_rank: int, local_world_size: int,
     return torch.device("cuda", local_rank)
 
 
-def check_torch_version(version: str = torch.__version__) -> None:
+def torch_version(version: str = torch.__version__) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as 2.4.1+cu121."""
     major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
-    if (major, minor) < OLDEST_TORCH:
+    return major, minor
+
+
+def check_torch_version(version: str = torch.__version__) -> None:
+    if torch_version(version) < OLDEST_TORCH:
         raise ProcessSetupError(f"torch {version} is older than {'.'.join(map(str, OLDEST_TORCH))}, the oldest this "
                                 f"project supports; install a newer torch (requirements.txt pins the tested one)")
 
@@ -255,9 +260,32 @@ def broadcast(value, world_size: int):
     return box[0]
 
 
+# Before torch 2.8 a gloo process group's destructor joins its worker threads while holding the GIL, and a worker
+# that frees the last tensor of a finished collective needs the GIL: destroy_process_group (or the interpreter's own
+# teardown) can then hang for ever or abort (seen here on torch 2.4.1 in 1 of 3 two-process runs; fixed upstream in
+# 2.8 by releasing the GIL there). Such a group is left alone and the process ends with exit_process.
+GLOO_TEARDOWN_SAFE = (2, 8)
+
+
+def _gloo_teardown_unsafe() -> bool:
+    return dist.get_backend() == "gloo" and torch_version() < GLOO_TEARDOWN_SAFE
+
+
 def close_processes(processes: Processes | None) -> None:
-    if processes is not None and processes.distributed and dist.is_initialized():
+    """Leave the process group (where it can be torn down safely; see exit_process)."""
+    if processes is not None and processes.distributed and dist.is_initialized() and not _gloo_teardown_unsafe():
         dist.destroy_process_group()
+
+
+def exit_process(code: int):
+    """End an entry point with exit status `code`. A process still in a process group that cannot be torn down (gloo
+    before torch 2.8) has finished its work and closed its files: it flushes its streams and leaves at once, without
+    the interpreter teardown that would destroy the group."""
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 # How long a rank that leaves a setup error to local rank 0 waits before exiting: torchrun stops a node's workers at
