@@ -41,7 +41,7 @@ from models.checkpoint import load_for_eval
 from models.losses import IGNORE_LABEL_ID
 from utils.errors import ConfigError
 from utils.files import atomic_save, check_writable, hold_folder
-from utils.processes import broadcast
+from utils.processes import broadcast, exit_process
 from utils.typecheck import check_range, check_types
 
 
@@ -275,4 +275,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -36,6 +36,7 @@ from evaluation.keyed_rng import KeyedSampler
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
 from utils.files import check_writable
+from utils.processes import exit_process
 from utils.typecheck import check_range, check_types
 
 CHUNK = 64  # puzzles per forward pass
@@ -267,4 +268,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
