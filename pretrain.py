@@ -43,10 +43,11 @@ from config.reference_keys import typed_keys
 from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches, num_test_examples
 from evaluation.curves import plot_training_curves
+from evaluation.grid import FIELDS, GridSpec, run_batch
 from models.checkpoint import check_fits, safe_load
 from models.ema import EMA
-from models.eqr import Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
-from models.losses import IGNORE_LABEL_ID, LOSSES, ACTLossHead, summarize_metrics
+from models.eqr import TORCH_SAMPLER, Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
+from models.losses import LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, os_error_line, remove_stale_temp_files
@@ -358,40 +359,59 @@ def _wandb_id(run_name: str) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(model: RecurrentReasoner, cfg: dict, device, rank: int, world_size: int) -> dict:
-    """Exact and token accuracy on the first eval_max_examples test examples, after halt_max_steps ACT
-    steps (in eval mode rows halt only there). Uses its own RNG stream so training is not disturbed."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # puzzles, exactly solved, token accuracy
+def evaluate(inner, cfg: dict, device, rank: int, world_size: int) -> dict:
+    """The evaluator's cell D = halt_max_steps, B = 1 (evaluation/grid.py) on the first eval_max_examples test
+    examples: each rank counts its share, the counts are summed. Torch's generator is forked and seeded
+    `seed + rank`, so that training's random streams go on undisturbed."""
+    spec = GridSpec((inner.config.halt_max_steps,), (1,), inner.config.blocks_per_step)
+    counts = torch.zeros(len(FIELDS), dtype=torch.long, device=device)
     batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
-    devices = [device] if device.type == "cuda" else []
     puzzles = num_test_examples(cfg["data_path"], "test", cfg["eval_max_examples"])
-    bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{model.config.halt_max_steps}", leave=False,
-               disable=rank != 0, dynamic_ncols=True)
-    with bar, torch.random.fork_rng(devices=devices):
+    bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{spec.max_depth}", leave=False, disable=rank != 0,
+               dynamic_ncols=True)
+    with bar, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg["seed"] + rank)
         for batch in iter_test_batches(cfg["data_path"], batch_size, rank, world_size, max_examples=cfg["eval_max_examples"]):
-            real = batch.pop("mask").to(device)
-            batch.pop("index")
-            batch = to_device(batch, device)
-            carry = model.initial_carry(batch)
-            for _ in range(model.config.halt_max_steps):
-                carry, outputs = model(carry, batch)
-            labels = carry.data["labels"]
-            labelled = labels != IGNORE_LABEL_ID
-            correct = (outputs["logits"].argmax(-1) == labels) & labelled
-            n_labels = labelled.sum(-1)
-            rows = real & (n_labels > 0)
-            sums += torch.stack([rows.sum(), (rows & (correct.sum(-1) == n_labels)).sum(),
-                                 torch.where(rows, correct.sum(-1) / n_labels.clamp_min(1), 0).sum()]).double()
+            cells = run_batch(inner.eval(), to_device(batch, device), spec, TORCH_SAMPLER)[0]
+            counts += cells[0, 0, spec.rules.index("traj1")]
             bar.update(min(batch_size, puzzles - bar.n))
     if world_size > 1:
-        dist.all_reduce(sums)
-    count, exact, token = sums.tolist()
-    return {"eval/exact_accuracy": exact / max(count, 1), "eval/accuracy": token / max(count, 1), "eval/count": count}
+        dist.all_reduce(counts)
+    correct, total, token_correct, token_total, _ = counts.tolist()
+    return {"eval/exact_accuracy": correct / max(total, 1), "eval/accuracy": token_correct / max(token_total, 1),
+            "eval/count": float(total)}
 
 
 # ----------------------------------------------------------------------------- training
+
+def optimizer_and_ema(head: ACTLossHead, tc: TrainConfig):
+    """AdamATan2 over the head's parameters and, with ema=true, the EMA of its weights."""
+    optimizer = make_optimizer(head.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    return optimizer, EMA(head, tc.ema_rate) if tc.ema else None
+
+
+def train_step(step: int, carry: Carry | None, batch: dict, head: ACTLossHead, optimizer, ema: EMA | None,
+               tc: TrainConfig, total_steps: int, world_size: int = 1, forward=None):
+    """Training step `step` (1-based) on this process's rows of the global batch, as the loop runs it and
+    scripts/compare_reference.py checks it against the authors' -> (carry, metrics, grad norm, finite, lr).
+    forward: what runs the batch, head's DDP wrapper with several processes (default: head)."""
+    if carry is None:
+        carry = head.initial_carry(batch)
+    lr = lr_at(step, tc.lr, tc.lr_warmup_steps, total_steps, tc.lr_min_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    carry, loss, metrics, _ = (forward or head)(carry, batch)
+    # DDP averages gradients over ranks, so the world_size factor makes them those of sum / global batch.
+    (loss * (world_size / tc.global_batch_size)).backward()
+    grads = [p.grad for p in head.parameters() if p.grad is not None]
+    grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).double()
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(head)
+    return carry, metrics, grad_norm, finite, lr
+
 
 def train(cfg: dict, config_name: str, typed: set[str] = frozenset()) -> None:
     """`typed`: the keys set on the command line (a preset's bfloat16 on a CPU without bf16 units becomes float32)."""
@@ -445,8 +465,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     seed_everything(tc.seed)
     model = RecurrentReasoner(model_config).to(device)
     head = ACTLossHead(model, cfg["arch"]["loss"]["loss_type"]).to(device)
-    ema = EMA(head, tc.ema_rate) if tc.ema else None
-    optimizer = make_optimizer(head.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    optimizer, ema = optimizer_and_ema(head, tc)
     eval_head = copy.deepcopy(head) if tc.eval_interval_steps and has_test else None
     seed_everything(tc.seed + rank)
 
@@ -501,7 +520,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         eval_head.load_state_dict(head.state_dict())
         if ema is not None:
             ema.copy_to(eval_head)
-        results = evaluate(eval_head.model, cfg, device, rank, world_size)
+        results = evaluate(eval_head.model.inner, cfg, device, rank, world_size)
         history.append((step, results["eval/exact_accuracy"]))
         if rank == 0:
             logger.log({"step": step, **results})
@@ -513,24 +532,10 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     while step < total_steps and not stopping and not plateau:
         step += 1
         batch = to_device(loader.next_batch(), device)
-        if carry is None:
-            carry = head.initial_carry(batch)
-        lr = lr_at(step, tc.lr, tc.lr_warmup_steps, total_steps, tc.lr_min_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        carry, loss, metrics, _ = train_head(carry, batch)
-        # DDP averages gradients over ranks, so the world_size factor makes them those of sum / global batch.
-        (loss * (world_size / tc.global_batch_size)).backward()
-        grads = [p.grad for p in head.parameters() if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).double()
+        carry, metrics, grad_norm, finite, lr = train_step(step, carry, batch, head, optimizer, ema, tc, total_steps,
+                                                           world_size, train_head)
         grad_norm_sum += grad_norm
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
         first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)  # no host sync here
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(head)
         sums += torch.stack([metrics[k].double() for k in METRIC_KEYS])
         logged_steps += 1
 

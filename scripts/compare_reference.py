@@ -2,7 +2,7 @@
 
 For EqR and TRM, in float32 and bfloat16, runs the authors' training step (`train_batch` of
 their pretrain.py: ACT forward, loss, backward, learning-rate schedule, AdamATan2 step, then
-their EMA update) and ours (the step of our pretrain.py, written out in `run_ours`) from the
+their EMA update) and ours (`train_step` of our pretrain.py, which its loop runs) from the
 same weights on the same batches, and after every step compares the loss, logits, halting
 logits and decisions, step counts, latents, learning rate, every parameter's gradient, every
 weight and buffer, and every EMA weight. Prints one line per case; exit status 1 on any
@@ -166,34 +166,22 @@ def run_reference(ref, head, batches: list[dict], seed: int) -> list[dict]:
 
 
 def run_ours(head, batches: list[dict], seed: int) -> list[dict]:
-    """The body of pretrain.py's training loop on one process, step for step."""
-    from models.ema import EMA
-    from models.optim import lr_at, make_optimizer
+    """pretrain.py's training step (train_step, its optimizer and EMA), one process, batch after batch."""
+    import pretrain
 
-    optimizer = make_optimizer(head.parameters(), lr=TRAIN["lr"], betas=(TRAIN["beta1"], TRAIN["beta2"]),
-                               weight_decay=TRAIN["weight_decay"])
-    ema = EMA(head, TRAIN["ema_rate"])
+    tc = SimpleNamespace(**TRAIN, ema=True, global_batch_size=BATCH_SIZE)  # the TrainConfig keys the step reads
+    optimizer, ema = pretrain.optimizer_and_ema(head, tc)
     records = []
     optimizer.register_step_pre_hook(record_grads(head, records))
+    head.register_forward_hook(lambda module, args, out: records[-1].update(loss=out[1].detach().clone(), **step_outputs(
+        out[0].z_H, out[0].z_L, out[0].halted, out[0].steps, out[3]["logits"], out[3]["q_halt_logits"])))
     head.train()
     torch.manual_seed(seed)
     carry = None
     for step, batch in enumerate(batches, start=1):
         records.append({})
-        if carry is None:
-            carry = head.initial_carry(batch)
-        lr = lr_at(step, TRAIN["lr"], TRAIN["lr_warmup_steps"], len(batches), TRAIN["lr_min_ratio"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        carry, loss, _, out = head(carry, batch)
-        (loss * (1 / len(batch["inputs"]))).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(head)
-        records[-1].update(step_outputs(carry.z_H, carry.z_L, carry.halted, carry.steps, out["logits"],
-                                        out["q_halt_logits"]),
-                           loss=loss.detach().clone(), **snapshot("weight", head.state_dict()),
-                           **snapshot("ema", ema.shadow))
+        carry = pretrain.train_step(step, carry, batch, head, optimizer, ema, tc, len(batches))[0]
+        records[-1].update(snapshot("weight", head.state_dict()), **snapshot("ema", ema.shadow))
     return records
 
 

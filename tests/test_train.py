@@ -11,6 +11,7 @@ import matplotlib.image
 import pytest
 import torch
 
+import evaluate
 import pretrain
 from dataset import build_sudoku_dataset
 from models.eqr import ModelConfig, RecurrentReasoner
@@ -79,6 +80,23 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(sudoku_path, tmp_path
     head = ACTLossHead(RecurrentReasoner(config), ckpt["config"]["arch"]["loss"]["loss_type"])
     head.load_state_dict(ckpt["model"])  # strict: every name matches, TRM's fixed latents included
     assert torch.equal(head.model.inner.H_init, ckpt["model"]["model.inner.H_init"])
+
+
+def test_in_training_evaluation_is_the_evaluators_cell_at_the_trained_depth_and_breadth_1(sudoku_path, tmp_path):
+    """eval/* of a run equal, to the last bit, evaluate.py's D = halt_max_steps, B = 1 cell on the same weights
+    with torch's generator and the same seed (EqR: random initial latents and path noise; a padded last batch)."""
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=4", "lr=1e-2",
+                          "eval_interval_steps=4", "eval_batch_size=6")]) == 0
+    logged = [m for m in read_metrics(run) if "eval/accuracy" in m]
+    assert [m["step"] for m in logged] == [4]
+    assert evaluate.main([f"checkpoint={run / 'step_4.pt'}", f"output_dir={tmp_path / 'eval'}", "rng=torch", "device=cpu",
+                          "global_batch_size=6", "progress=false", "plots=false"]) == 0
+    with open(tmp_path / "eval" / "results.json") as f:
+        cell = json.load(f)["rows"][0]
+    assert (cell["depth"], cell["breadth"], cell["rule"], cell["total"]) == (3, 1, "traj1", 16)
+    assert logged[0]["eval/count"] == cell["total"] and logged[0]["eval/exact_accuracy"] == cell["accuracy"]
+    assert logged[0]["eval/accuracy"] == cell["token_accuracy"] and 0 < cell["token_accuracy"] < 1
 
 
 def run_cli(args, **kwargs):
