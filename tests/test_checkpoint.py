@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_for_eval, read_checkpoint, safe_load, strip_orig_mod
+from models.checkpoint import CheckpointError, load_for_eval
+from utils.checkpoint import read_checkpoint, read_run_checkpoint, strip_orig_mod
 from utils.files import atomic_save
 from models.ema import EMA
 from models.eqr import ModelConfig, RecurrentReasoner
@@ -259,7 +260,7 @@ def test_a_payload_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError):
         read_checkpoint(str(path))
     with pytest.raises(CheckpointError):  # the plain loader refuses it as well
-        safe_load(str(path))
+        read_run_checkpoint(str(path))
     assert not marker.exists()
 
 
