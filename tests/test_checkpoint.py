@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, load_for_eval
-from utils.checkpoint import read_checkpoint, read_run_checkpoint, strip_orig_mod
+from utils.checkpoint import read_checkpoint, read_run_checkpoint, strip_orig_mod, write_slim
 from utils.files import atomic_save
 from models.ema import EMA
 from models.eqr import ModelConfig, RecurrentReasoner
@@ -358,6 +358,12 @@ def test_unknown_format_and_ignored_reference_keys(tmp_path):
     _, _, ckpt = our_checkpoint(config, with_ema=False)
     atomic_save(dict(ckpt, format="eqr/9"), str(tmp_path / "future.pt"))
     assert "checkpoint format 'eqr/9' is not one this code reads" in one_line_error(tmp_path / "future.pt")
+    # resume and shipping read only our own files, of a version this code reads
+    atomic_save({k: v for k, v in ckpt.items() if k != "format"}, str(tmp_path / "unversioned.pt"))
+    for name, version in (("future.pt", "'eqr/9'"), ("unversioned.pt", "None")):
+        with pytest.raises(CheckpointError, match=f"checkpoint format {version} is not one this code reads \\(eqr/1\\)"):
+            write_slim(str(tmp_path / name), str(tmp_path / "shipped.pt"))
+    assert not (tmp_path / "shipped.pt").exists()
 
     p = PRESETS["sudoku"]
     path = str(tmp_path / "extra_keys.pth")
