@@ -12,10 +12,9 @@ optimizer steps; each step the loader hands out a fresh global batch, and only r
 carry halted take their row of it. Loss = sum over rows / global batch; AdamATan2 with
 linear warm-up then cosine to lr_min_ratio; EMA of the weights after every step.
 
-A run folder holds step_<N>.pt checkpoints (plus step_<N>.rank<r>.pt, the carry/RNG/loader
-state of each extra rank), `latest` (the name of the newest complete checkpoint),
-config.yaml, metrics.jsonl and, once the run ends, training_curves.png. With resume=true the run
-continues from `latest`; on CPU with one process the continuation is bit-exact.
+A run folder holds the checkpoints (their format: utils/checkpoint.py), config.yaml, metrics.jsonl and,
+once the run ends, training_curves.png. With resume=true the run continues from `latest`; on CPU with
+one process the continuation is bit-exact.
 """
 import sys
 
@@ -44,19 +43,18 @@ from dataset.common import DatasetError, load_metadata, load_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches, num_test_examples
 from evaluation.curves import plot_training_curves
 from evaluation.grid import FIELDS, GridSpec, run_batch
-from models.checkpoint import check_fits, safe_load
 from models.ema import EMA
 from models.eqr import TORCH_SAMPLER, Carry, ConfigError, ModelConfig, RecurrentReasoner, compile_core
 from models.losses import LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
+from utils.checkpoint import (intact_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state,
+                              shard_name)
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, os_error_line, remove_stale_temp_files
 from utils.network import reachable
 from utils.processes import (StopRequests, broadcast, close_processes, exit_process, free_memory,
                              resolve_forward_dtype, report_error, setup_processes)
-from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
-                              point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
-                              write_shard)
+from utils.run_folder import RunLock, append_metrics, read_metrics, truncate_metrics
 from utils.typecheck import check_range, check_types
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
@@ -207,33 +205,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
     return config_name, overrides
 
 
-# ----------------------------------------------------------------------------- state that must survive a restart
-
-def rng_state(device: torch.device) -> dict:
-    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
-        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
-    if device.type == "cuda":
-        if "cuda" not in state:
-            raise CheckpointError("checkpoint has no CUDA RNG state (it was written by a CPU run)")
-        torch.cuda.set_rng_state(state["cuda"], device)
-
+# ----------------------------------------------------------------------------- seeds and devices
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -245,56 +217,6 @@ def to_device(tree, device):
     if isinstance(tree, dict):
         return {k: to_device(v, device) for k, v in tree.items()}
     return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
-
-
-def save_checkpoint(run_dir, step, cfg, head, ema, optimizer, carry, loader, device, rank, world_size) -> None:
-    """Each rank writes its own carry/RNG/loader shard; rank 0's file also holds the weights.
-    `latest` moves only when every shard of the step is on disk; older steps beyond checkpoint_keep go after that."""
-    own = {"carry": None if carry is None else to_device(carry.to_dict(), "cpu"),
-           "rng": rng_state(device), "loader": loader.state_dict()}
-    if rank == 0:
-        ckpt = {"format": CHECKPOINT_FORMAT, "step": step, "world_size": world_size, "config": cfg,
-                "model": head.state_dict(), "optimizer": optimizer.state_dict(), **own}
-        if ema is not None:
-            ckpt["ema"] = ema.state_dict()
-    else:
-        ckpt = {"format": CHECKPOINT_FORMAT, "step": step, "rank": rank, **own}
-    write_shard(run_dir, step, rank, ckpt)
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0:
-        point_latest(run_dir, step)
-        prune_checkpoints(run_dir, cfg["checkpoint_keep"])
-
-
-def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world_size):
-    """Restores weights, EMA, optimizer and this rank's loader position; returns (step, carry dict, rng state)."""
-    ckpt = safe_load(path)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    if ckpt["world_size"] != world_size:
-        raise CheckpointError(f"{path}: written by {ckpt['world_size']} processes, resumed with {world_size}; use the same count")
-    for key in ("global_batch_size", "seed", "data_path"):
-        if ckpt["config"][key] != cfg[key]:
-            raise CheckpointError(f"{path}: {key} was {ckpt['config'][key]!r}, now {cfg[key]!r}; resume with the same value")
-    for key, value in cfg["arch"].items():
-        if ckpt["config"]["arch"].get(key) != value:
-            raise CheckpointError(f"{path}: arch.{key} was {ckpt['config']['arch'].get(key)!r}, now {value!r}")
-    shadow = ckpt["ema"].get("shadow") if isinstance(ckpt.get("ema"), dict) else None
-    if ema is not None and not isinstance(shadow, dict):
-        raise CheckpointError(f"{path}: has no EMA weights but ema=true")
-    check_fits(path, head, ckpt["model"], None)  # one line naming a tensor that does not fit its config
-    if ema is not None:
-        check_fits(path, head, {**ckpt["model"], **shadow}, set(shadow))
-    head.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"])
-    own = ckpt
-    if rank > 0:
-        own = safe_load(os.path.join(os.path.dirname(path), shard_name(ckpt["step"], rank)))
-    loader.load_state_dict(own["loader"])
-    return ckpt["step"], own["carry"], own["rng"]
 
 
 # ----------------------------------------------------------------------------- logging

@@ -29,7 +29,6 @@ import types
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -96,22 +95,11 @@ def their_arch(model: str, case: str, dtype: str) -> dict:
                 forward_dtype=dtype, **overrides)
 
 
-def write_official_checkpoint(head, arch: dict, model: str, folder: str) -> str:
-    """Their layout: the compiled loss head's state dict as `step_N`, the config dump beside it."""
-    path = os.path.join(folder, "step_1")
-    torch.save({f"_orig_mod.{k}": v for k, v in head.state_dict().items()}, path)
-    config_arch = {k: v for k, v in arch.items() if k not in ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")}
-    config = {"arch": {"name": OFFICIAL[model]["name"],
-                       "loss": {"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"}, **config_arch},
-              "global_batch_size": BATCH_SIZE, "ema": False}
-    with open(os.path.join(folder, "all_config.yaml"), "w") as f:
-        yaml.safe_dump(config, f)
-    return path
-
-
 def build_pair(official, model: str, case: str, dtype: str, folder: str):
-    """Their model with a loss head, and ours read by our checkpoint reader from their file of it."""
+    """Their model with a loss head, and ours read by our checkpoint reader from their file of it (their layout:
+    the compiled loss head's state dict as `step_1`, the config dump beside it)."""
     from models.checkpoint import load_for_eval
+    from utils.checkpoint import write_official
 
     arch = their_arch(model, case, dtype)
     torch.manual_seed(0)
@@ -121,7 +109,11 @@ def build_pair(official, model: str, case: str, dtype: str, folder: str):
         for p in theirs.parameters():
             p.add_(0.01 * torch.randn_like(p))
         theirs.model.inner.puzzle_emb.weights.normal_()
-    ours, _ = load_for_eval(write_official_checkpoint(theirs, arch, model, folder), data_seq_len=arch["seq_len"])
+    config_arch = {k: v for k, v in arch.items() if k not in ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")}
+    config = {"arch": {"name": OFFICIAL[model]["name"],
+                       "loss": {"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"}, **config_arch},
+              "global_batch_size": BATCH_SIZE, "ema": False}
+    ours, _ = load_for_eval(write_official(folder, theirs.state_dict(), config), data_seq_len=arch["seq_len"])
     return theirs, ours
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_for_eval, read_checkpoint, safe_load, strip_orig_mod
+from models.checkpoint import CheckpointError, load_for_eval
+from utils.checkpoint import read_checkpoint, read_run_checkpoint, strip_orig_mod, write_slim
 from utils.files import atomic_save
 from models.ema import EMA
 from models.eqr import ModelConfig, RecurrentReasoner
@@ -259,7 +260,7 @@ def test_a_payload_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError):
         read_checkpoint(str(path))
     with pytest.raises(CheckpointError):  # the plain loader refuses it as well
-        safe_load(str(path))
+        read_run_checkpoint(str(path))
     assert not marker.exists()
 
 
@@ -357,6 +358,12 @@ def test_unknown_format_and_ignored_reference_keys(tmp_path):
     _, _, ckpt = our_checkpoint(config, with_ema=False)
     atomic_save(dict(ckpt, format="eqr/9"), str(tmp_path / "future.pt"))
     assert "checkpoint format 'eqr/9' is not one this code reads" in one_line_error(tmp_path / "future.pt")
+    # resume and shipping read only our own files, of a version this code reads
+    atomic_save({k: v for k, v in ckpt.items() if k != "format"}, str(tmp_path / "unversioned.pt"))
+    for name, version in (("future.pt", "'eqr/9'"), ("unversioned.pt", "None")):
+        with pytest.raises(CheckpointError, match=f"checkpoint format {version} is not one this code reads \\(eqr/1\\)"):
+            write_slim(str(tmp_path / name), str(tmp_path / "shipped.pt"))
+    assert not (tmp_path / "shipped.pt").exists()
 
     p = PRESETS["sudoku"]
     path = str(tmp_path / "extra_keys.pth")

@@ -238,19 +238,24 @@ def test_wandb_with_a_key_but_no_server_falls_back_to_offline_quickly(sudoku_pat
     assert any(p.name.startswith("offline-run-") for p in (run / "wandb").iterdir())
 
 
+def write_shard(run_dir, step: int, rank: int, state: dict) -> None:
+    from utils.checkpoint import shard_name
+    from utils.files import atomic_save
+    atomic_save(state, os.path.join(run_dir, shard_name(step, rank)))
+
+
 def test_the_run_folder_format_round_trip(tmp_path):
-    """utils/run_folder.py owns where checkpoints go: shards, the latest pointer, the slim release copy."""
+    """utils/checkpoint.py owns where checkpoints go: shards, the latest pointer, the slim release copy."""
     import torch
 
-    from utils.run_folder import (CHECKPOINT_FORMAT, intact_checkpoint, latest_step, point_latest, slim_checkpoint,
-                                  write_shard)
+    from utils.checkpoint import FORMAT, intact_checkpoint, latest_step, point_latest, read_run_checkpoint, write_slim
 
     run = str(tmp_path)
     assert latest_step(run) is None
-    state = {"format": CHECKPOINT_FORMAT, "step": 3, "config": {}, "model": {"w": torch.ones(2)}, "optimizer": {},
+    state = {"format": FORMAT, "step": 3, "config": {}, "model": {"w": torch.ones(2)}, "optimizer": {},
              "carry": None, "rng": {}, "loader": {}}
     write_shard(run, 3, 0, state)
-    write_shard(run, 3, 1, {"format": CHECKPOINT_FORMAT, "step": 3, "rank": 1})
+    write_shard(run, 3, 1, {"format": FORMAT, "step": 3, "rank": 1})
     assert latest_step(run) is None  # `latest` moves only when told that every shard is written
     point_latest(run, 3)
     assert latest_step(run) == 3 and (tmp_path / "latest").read_text() == "step_3.pt\n"
@@ -258,11 +263,13 @@ def test_the_run_folder_format_round_trip(tmp_path):
     (tmp_path / "step_3.rank1.pt").unlink()
     with pytest.raises(pretrain.CheckpointError, match="no intact checkpoint to resume"):
         intact_checkpoint(run, str(tmp_path / "step_3.pt"), 2, 0)
-    assert list(slim_checkpoint(state)) == ["format", "step", "config", "model"]
+    shipped = str(tmp_path / "shipped" / "run.pt")
+    assert list(write_slim(str(tmp_path / "step_3.pt"), shipped)) == ["format", "step", "config", "model"]
+    assert list(read_run_checkpoint(shipped)) == ["format", "step", "config", "model"]
 
 
 def test_prune_checkpoints_keeps_the_newest_steps_up_to_latest_and_nothing_else(tmp_path):
-    from utils.run_folder import point_latest, prune_checkpoints, write_shard
+    from utils.checkpoint import point_latest, prune_checkpoints
 
     run, other = tmp_path / "run", tmp_path / "run" / "other-run"
     for step in range(1, 6):
@@ -298,8 +305,7 @@ def test_checkpoint_keep_after_a_kill_between_save_and_prune_loses_nothing(sudok
 
 
 def test_sigkill_of_a_run_that_prunes_every_step_leaves_a_resumable_latest(sudoku_path, tmp_path):
-    from utils.files import check_archive
-    from utils.run_folder import latest_checkpoint, latest_step
+    from utils.checkpoint import check_archive, latest_checkpoint, latest_step
 
     run = tmp_path / "run"
     args = [*TRM, *overrides(sudoku_path, run, "checkpoint_interval_steps=1", "checkpoint_keep=1")]

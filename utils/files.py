@@ -3,19 +3,16 @@
 A kill leaves at most a `.tmp-*` file behind, never a torn target; `remove_stale_temp_files`
 clears those once the folder's one writer holds it. Files get the mode any new file gets here
 (0666 less the umask), so others on shared storage can read checkpoints and results.
-Also here: the checks a run makes on its files before trusting them (CRCs, the globals a pickle names),
-and the flock that keeps a second writer out of an output folder.
+Also here: the flock that keeps a second writer out of an output folder.
 """
 import fcntl
 import glob
 import hashlib
 import io
 import os
-import pickle
 import tempfile
-import zipfile
 
-from utils.errors import CheckpointError, RunError, first_line
+from utils.errors import RunError, first_line
 
 TEMP_PREFIX = ".tmp-"
 
@@ -120,74 +117,6 @@ def remove_stale_temp_files(folder: str) -> list[str]:
         except OSError:
             pass
     return removed
-
-
-def check_archive(path: str) -> None:
-    """Verify every CRC of a file in torch's zip format (torch.load checks none of them)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)}); is the file complete?") from None
-    if damaged:
-        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
-
-
-class _Stub:
-    """Stands for every object a scanned pickle builds, so that scanning runs no code the pickle names."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Stub()
-
-    def __setitem__(self, key, value):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def append(self, value):
-        pass
-
-    def extend(self, values):
-        pass
-
-
-class _Refused(Exception):
-    pass
-
-
-class _Scanner(pickle.Unpickler):
-    def __init__(self, file, allowed):
-        super().__init__(file)
-        self.allowed = allowed
-
-    def find_class(self, module, name):
-        if not self.allowed(f"{module}.{name}"):
-            raise _Refused(f"{module}.{name}")
-        return _Stub
-
-    def persistent_load(self, pid):
-        return _Stub()
-
-
-def refused_global(path: str, allowed) -> str | None:
-    """The first global (class or function) the pickle of a torch zip checkpoint names for which `allowed(name)`
-    is false, or None; nothing the pickle names is imported or run. Call after check_archive."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-            if name is None:
-                return None
-            with archive.open(name) as f:
-                _Scanner(f, allowed).load()
-    except _Refused as e:
-        return str(e)
-    except Exception:  # a pickle the scan cannot follow; the loader that reads it decides
-        return None
-    return None
 
 
 def file_sha256(path: str) -> str:

@@ -26,20 +26,20 @@ TRAIN_LOG_WINDOW = 100  # steps at the end of a run over which the training log'
 # ----------------------------------------------------------------------------- collection
 
 def run_record(run: study.Run) -> dict:
-    import torch
+    from models.eqr import ModelConfig
+    from utils.checkpoint import read_run_checkpoint
     from utils.run_folder import read_metrics
 
     metrics = read_metrics(f"{run.path}/metrics.jsonl")
-    ckpt = torch.load(run.final_checkpoint, map_location="cpu", weights_only=True)
+    ckpt = read_run_checkpoint(run.final_checkpoint)
     arch = ckpt["config"]["arch"]
-    blocks = 1 if arch["feedforward"] else arch["H_cycles"] * (arch["L_cycles"] + 1)
     # the training log's exact accuracy: rows that halted in the last steps (their puzzle, the live weights)
     tail = [m for m in metrics if "train/count" in m and m["step"] > run.steps - TRAIN_LOG_WINDOW]
     halted = sum(m["train/count"] for m in tail)
     return {
         "task": run.task, "arm": run.arm, "label": run.label, "steps": run.steps, "seed": run.seed,
         "params": sum(t.numel() for name, t in ckpt["model"].items() if name in ckpt["ema"]["shadow"]),
-        "blocks_per_step": blocks * arch["L_layers"], "forward_dtype": arch["forward_dtype"],
+        "blocks_per_step": ModelConfig.from_dict(arch).blocks_per_step, "forward_dtype": arch["forward_dtype"],
         "train_halt_max_steps": arch["halt_max_steps"], "act_halting": arch.get("act_halting", True),
         "random_init": arch["random_init"], "lambda": arch["lambda_"], "noise_scale": arch["noise_scale"],
         # rows that halted (took a new puzzle) over the whole run: training examples actually presented

@@ -12,10 +12,8 @@ README = "checkpoints/README.md"
 def export(res: dict, before: dict) -> dict:
     """Copy each final EqR checkpoint that reaches the floor, slimmed (no optimizer, carry, RNG or loader
     state). A run whose checkpoint is not in this checkout keeps its shipped file and its record in `before`."""
-    import torch
     from models.checkpoint import load_for_eval
-    from utils.files import atomic_save
-    from utils.run_folder import slim_checkpoint
+    from utils.checkpoint import write_slim
 
     shipped = {}
     for name, dest in study.SHIPPED.items():
@@ -29,9 +27,7 @@ def export(res: dict, before: dict) -> dict:
             if name in before and os.path.isfile(dest):
                 shipped[name] = before[name]
             continue
-        slim = slim_checkpoint(torch.load(run.final_checkpoint, map_location="cpu", weights_only=True))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        atomic_save(slim, dest)
+        slim = write_slim(run.final_checkpoint, dest)
         load_for_eval(dest)  # must load through the evaluation path
         shipped[name] = {"path": dest, "bytes": os.path.getsize(dest), "step": slim["step"]}
     return shipped
@@ -42,8 +38,8 @@ def write_readme(res: dict) -> None:
          "`checkpoints/<project>/<run>/` holds training runs (git-ignored). `checkpoints/shipped/` holds small "
          "CPU-trained EqR checkpoints, written by `scripts/reproduce_cpu.py` (see "
          "[docs/cpu_reproduction.md](../docs/cpu_reproduction.md)). Each is a slim copy of a run's last checkpoint: "
-         "`format`, `step`, `config` (the resolved training config), `model`, `ema` (evaluation uses the EMA "
-         "weights); no optimizer, carry, RNG or loader state. Only tensors and plain data: they load with "
+         "the weights, EMA weights (which evaluation uses) and resolved training config, no optimizer, carry, RNG or "
+         "loader state (the format: `utils/checkpoint.py`). Only tensors and plain data: they load with "
          "`torch.load(path, weights_only=True)`, `models.checkpoint.load_for_eval(path)` and `evaluate.py`.\n"]
     depths = study.DEPTHS
     for name, s in res["shipped"].items():

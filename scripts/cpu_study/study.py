@@ -158,7 +158,7 @@ def sweep_argv(sweep: Sweep) -> list:
 
 
 def latest_step(run: Run) -> int | None:
-    from utils.run_folder import latest_step as run_folder_latest_step
+    from utils.checkpoint import latest_step as run_folder_latest_step
 
     return run_folder_latest_step(run.path)
 
