@@ -20,7 +20,6 @@ HELP_PRESETS = {}
 answer_help("diagnose", __doc__, "cfg_diagnose", HELP_PRESETS)  # before torch is imported
 
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -30,17 +29,18 @@ import torch.distributed as dist
 
 from config import compose_config
 from dataset.common import load_metadata
-from dataset.puzzle_dataset import iter_test_batches, num_test_batches, num_test_examples
-from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
+from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import diagnostics_summary as summary_file
-from evaluation.grid import fingerprint, fresh_init_std, partial_path, remove_partial, resume_partial
+from evaluation.grid import fresh_init_std
 from evaluation.keyed_rng import KeyedSampler, trajectory_keys
 from evaluation.lyapunov import trace_batch
 from evaluation.report import write_json
+from evaluation.setup import checkpoint_name, dataset_for, train_setting
+from evaluation.sweep import Sweep
 from models.checkpoint import load_for_eval
-from models.losses import IGNORE_LABEL_ID
+from utils.constants import IGNORE_LABEL_ID
+from utils.entry import run_entry
 from utils.errors import ConfigError
-from utils.files import atomic_save, check_writable, hold_folder
 from utils.processes import broadcast
 from utils.typecheck import check_range, check_types
 
@@ -207,42 +207,29 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
                 "model": model_config.to_dict(), "device_type": device.type}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
-    check_writable(output_dir, "output_dir")  # now, not after the run
-    if rank == 0:
-        hold_folder(output_dir, "output_dir")
-    own_partial = partial_path(output_dir, rank, world_size)
-    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
-    parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \
-        ([], 0, 0.0)
+    sweep = Sweep(output_dir, identity, rank, world_size, cfg.resume, "summary.json", "diagnostics run")
+    parts = [sweep.state["records"]] if sweep.state else []  # per-trajectory records, in batches
+    start_batch = sweep.start_batch
 
     if rank == 0:
         print(f"diagnosing {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}) on {data_path}/{cfg.split}: "
               f"{examples} puzzles x {cfg.breadth} trajectories, {depth} segments, {cfg.lyapunov_k} exponents, "
               f"noise {cfg.noise}, float32, {world_size} process(es) on {device.type}"
               + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
-    from tqdm import tqdm
-    bar = tqdm(total=examples, initial=min(start_batch * cfg.global_batch_size, examples), unit="puzzle",
-               desc=f"diagnose D{depth} k{cfg.lyapunov_k}", disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))  # testing aid, as in evaluate.py
-    started = time.time()
-    for batch_index, batch in enumerate(iter_test_batches(data_path, cfg.global_batch_size, rank, world_size, cfg.split,
-                                                          examples, start_batch=start_batch), start=start_batch):
-        batch = {k: v.to(device) for k, v in batch.items()}
+
+    def carried(done: int) -> dict:
+        parts[:] = [{name: torch.cat([p[name] for p in parts]) for name in parts[0]}]
+        return {"records": parts[0]}
+
+    for batch_index, batch in sweep.batches(data_path, cfg.global_batch_size, cfg.split, examples, device, num_batches,
+                                            examples, cfg.save_every_batches, progress=cfg.progress,
+                                            desc=f"diagnose D{depth} k{cfg.lyapunov_k}"):
         sampler = KeyedSampler(seed, *trajectory_keys(batch["index"], cfg.breadth))
         traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments,
                              fresh_std)
         parts.append(batch_records(batch, traced, cfg.breadth))
-        bar.update(max(0, min(cfg.global_batch_size, examples - batch_index * cfg.global_batch_size)))
-        done = batch_index + 1
-        if done < num_batches and done % cfg.save_every_batches == 0:
-            records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-            parts = [records]
-            atomic_save({"fingerprint": fingerprint(identity), "identity": identity, "next_batch": done,
-                         "records": records, "seconds": seconds_before + time.time() - started}, own_partial)
-        if kill_after and done - start_batch >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-    wall = seconds_before + time.time() - started
+        sweep.advance(batch_index, carried)
+    wall = sweep.seconds
     records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
 
     gathered = [records]
@@ -265,13 +252,14 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
         write_summary(cfg, output_dir, result, table, depth)
         print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
               f"results in {output_dir}/")
-    remove_partial(output_dir, rank, world_size)
+    sweep.finish()
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    usage = lambda overrides: help_text(__doc__, overrides, "cfg_diagnose", HELP_PRESETS)
-    return run_entry(argv, usage, lambda overrides: parse_config(compose_config("cfg_diagnose", overrides)), diagnose)
+    return run_entry(argv, lambda args: help_text(__doc__, args, "cfg_diagnose", HELP_PRESETS),
+                     lambda _, overrides: parse_config(compose_config("cfg_diagnose", overrides)),
+                     lambda cfg, p: diagnose(cfg, p.rank, p.world_size, p.device))
 
 
 if __name__ == "__main__":

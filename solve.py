@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from config import compose_config
 from dataset.common import load_split
-from evaluate import load_model, run_entry, train_setting
 from evaluation import render
 from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
+from evaluation.setup import load_model, train_setting
 from utils.constants import IGNORE_LABEL_ID
+from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.files import check_writable
 from utils.typecheck import check_range, check_types
@@ -85,7 +86,7 @@ def parse_config(cfg: dict) -> SolveConfig:
     return SolveConfig(**cfg)
 
 
-def compose(overrides: list[str]) -> SolveConfig:
+def compose(_, overrides: list[str]) -> SolveConfig:
     """The config; `puzzle=` is kept out of Hydra, which would read an all-digit puzzle as an int, one with a single
     '.' as a float, and refuse one with a non-ASCII character with its lexer's message."""
     puzzles = [a.split("=", 1)[1] for a in overrides if a.startswith("puzzle=")]
@@ -263,7 +264,7 @@ def solve(cfg: SolveConfig, device: torch.device) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry(argv, lambda overrides: __doc__, compose, lambda cfg, rank, world_size, device: solve(cfg, device))
+    return run_entry(argv, lambda args: __doc__, compose, lambda cfg, p: solve(cfg, p.device))
 
 
 if __name__ == "__main__":
