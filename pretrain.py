@@ -1,4 +1,4 @@
-"""Train EqR / TRM / the feed-forward baseline (SPEC "Model", "Optimisation").
+"""Train EqR / TRM / the feed-forward baseline.
 
     python pretrain.py --config-name train/eqr_sudoku [key=value ...]
     torchrun --standalone --nproc-per-node 8 pretrain.py --config-name train/eqr_sudoku
