@@ -291,8 +291,9 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
             d, b = spec.max_depth, spec.max_breadth
             predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        results = report.write_outputs(output_dir, asdict(cfg), spec, counts.cpu(), info, identity, wall, depth_seconds,
-                                       device_name, shown, {**pool_stats, "pool_size": pool_size})
+        results = report.write_outputs(output_dir, checkpoint_name(cfg.checkpoint), asdict(cfg), spec, counts.cpu(), info,
+                                       identity, wall, depth_seconds, device_name, shown,
+                                       {**pool_stats, "pool_size": pool_size})
     sweep.finish()  # the finished results replace the partial counts
     return results
 

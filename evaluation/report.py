@@ -16,7 +16,6 @@ import os
 
 from evaluation import predictions, render, selection
 from evaluation.grid import FIELDS, GridSpec, base_rule
-from evaluation.setup import checkpoint_name
 from evaluation.sweep import fingerprint
 from utils.errors import RunError
 from utils.files import atomic_write
@@ -135,9 +134,10 @@ def read_results(path: str) -> dict:
     return results
 
 
-def write_outputs(output_dir: str, config: dict, spec: GridSpec, counts, info: dict, identity: dict, wall: float,
-                  depth_seconds: list[float], device_name: str, shown: dict, pool: dict) -> dict:
-    """results.csv, the plots and drawn examples (config["plots"]), then results.json; prints the table -> the results."""
+def write_outputs(output_dir: str, name: str, config: dict, spec: GridSpec, counts, info: dict, identity: dict,
+                  wall: float, depth_seconds: list[float], device_name: str, shown: dict, pool: dict) -> dict:
+    """results.csv, the plots and drawn examples (config["plots"]; titled with the checkpoint's `name`), then
+    results.json; prints the table -> the results."""
     cells, hist = spec.split(counts)
     rows = build_rows(spec, cells, hist, depth_seconds)
     puzzles = int(cells[0, 0, 0, 1])
@@ -174,7 +174,6 @@ def write_outputs(output_dir: str, config: dict, spec: GridSpec, counts, info: d
     os.makedirs(output_dir, exist_ok=True)
     write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
     if config["plots"]:
-        name = checkpoint_name(config["checkpoint"])
         write_plots(output_dir, spec, rows, name, puzzles)
         cell = f"{name}: D={spec.max_depth} B={spec.max_breadth}, {rule_text(spec, rule)}"
         for outcome in ("solved", "failed"):
