@@ -28,16 +28,14 @@ import torch
 import torch.distributed as dist
 
 from config import compose_config
-from dataset.common import load_metadata
 from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import diagnostics_summary as summary_file
 from evaluation.grid import fresh_init_std
 from evaluation.keyed_rng import KeyedSampler, trajectory_keys
 from evaluation.lyapunov import trace_batch
 from evaluation.report import write_json
-from evaluation.setup import checkpoint_name, dataset_for, train_setting
+from evaluation.setup import checkpoint_name, dataset_for, load_model, train_setting
 from evaluation.sweep import Sweep
-from models.checkpoint import load_for_eval
 from utils.constants import IGNORE_LABEL_ID
 from utils.entry import run_entry
 from utils.errors import ConfigError
@@ -177,11 +175,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     """Trace every puzzle; rank 0 writes the outputs and returns the summary (other ranks: None)."""
     if cfg.summary_only:
         return resummarise(cfg) if rank == 0 else None
-    overrides = {"forward_dtype": "float32", **({"noise_scale": 0.0} if cfg.noise == "off" else {})}
-    data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None  # sizes a file without its own
-    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides,
-                               data_seq_len=data_meta.seq_len if data_meta else None,
-                               data_vocab_size=data_meta.vocab_size if data_meta else None)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, "float32", device, world_size, cfg.data_path, cfg.split,
+                            {"noise_scale": 0.0} if cfg.noise == "off" else None)
     inner = head.model.inner.to(device).eval()
     model_config = inner.config
     data_path, _ = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)

@@ -30,7 +30,6 @@ import torch
 import torch.distributed as dist
 
 from config import compose_eval_config
-from dataset.common import load_metadata
 from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import predictions, render, report
 from evaluation.grid import GridSpec, fresh_init_std, memory_lower_bound, row_keys, run_batch
@@ -195,8 +194,8 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
 
 def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
     """Run the grid; rank 0 writes the outputs and returns the results dict (other ranks: None)."""
-    data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None
-    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size, data_meta)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size, cfg.data_path,
+                            cfg.split)
     model_config = head.model.config
     inner = head.model.inner.to(device).eval()
     broken = [name for name, p in head.named_parameters() if not torch.isfinite(p).all()]

@@ -39,13 +39,17 @@ def dataset_for(data_path: str | None, train_config: dict, split: str, model_con
     return data_path, meta
 
 
-def load_model(checkpoint: str, trust: bool, forward_dtype: str | None, device, world_size: int, data_meta=None):
+def load_model(checkpoint: str, trust: bool, forward_dtype: str | None, device, world_size: int,
+               data_path: str | None = None, split: str = "test", overrides: dict | None = None):
     """load_for_eval in the dtype to run: forward_dtype as given (auto: the device's native one), or the checkpoint's,
-    except that a bfloat16 checkpoint on a device without bf16 units runs in float32 (one notice says so)."""
+    except that a bfloat16 checkpoint on a device without bf16 units runs in float32 (one notice says so). A file
+    that does not record its sizes is sized by data_path's split."""
+    data_meta = load_metadata(data_path, split) if data_path else None
+
     def load(dtype):
         return load_for_eval(checkpoint, trust_checkpoint=trust, data_seq_len=data_meta.seq_len if data_meta else None,
                              data_vocab_size=data_meta.vocab_size if data_meta else None,
-                             overrides={"forward_dtype": dtype} if dtype else None)
+                             overrides={**(overrides or {}), **({"forward_dtype": dtype} if dtype else {})} or None)
 
     head, info = load(resolve_forward_dtype(forward_dtype, device, world_size))
     if forward_dtype is None and head.model.config.forward_dtype == "bfloat16":

@@ -4,7 +4,6 @@ import sys
 
 from utils.errors import CheckpointError, ConfigError, DatasetError, RunError
 from utils.files import os_error_line, release_folders
-from utils.processes import close_processes, report_error, setup_processes
 
 
 def parse_argv(argv: list[str], config_name: str | None) -> tuple[str | None, list[str]]:
@@ -37,6 +36,7 @@ def run_entry(argv: list[str] | None, usage, configure, run, config_name: str | 
     """--help (usage(argv) -> text), the checked config (configure(config name, overrides), with .device and
     .threads), its processes, run(cfg, processes). `config_name`: the default config of an entry point that takes
     `--config-name NAME`; the others take key=value overrides only."""
+    from utils.processes import close_processes, report_error, setup_processes  # here: --help needs no torch
     argv = sys.argv[1:] if argv is None else argv
     processes = None
     try:
