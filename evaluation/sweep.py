@@ -77,7 +77,7 @@ class Sweep:
 
     def __init__(self, output_dir: str, identity: dict, rank: int, world_size: int, resume: bool, finished: str,
                  what: str = "evaluation"):
-        self.output_dir, self.identity, self.rank, self.world_size = output_dir, identity, rank, world_size
+        self.identity, self.rank, self.world_size = identity, rank, world_size
         self.path = partial_path(output_dir, rank, world_size)
         check_writable(output_dir, "output_dir")  # now, not after the pass
         if rank == 0:
@@ -107,6 +107,7 @@ class Sweep:
         for i, batch in enumerate(iter_test_batches(data_path, global_batch_size, self.rank, self.world_size, split,
                                                     max_examples, start_batch=self.start_batch), start=self.start_batch):
             yield i, {k: v.to(device) for k, v in batch.items()}
+        self.bar.close()
 
     @property
     def seconds(self) -> float:

@@ -9,27 +9,22 @@ from utils.files import os_error_line, release_folders
 def parse_argv(argv: list[str], config_name: str | None) -> tuple[str | None, list[str]]:
     """-> (config name, key=value overrides). `config_name`: the default of an entry point that takes
     `--config-name NAME` (None: one that takes overrides only)."""
-    if config_name is None:
-        flags = [a for a in argv if a.startswith("-")]
-        if flags:
-            raise ConfigError(f"{flags[0]}: unknown flag (this entry point takes key=value overrides only)")
-        return None, list(argv)
     overrides, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--config-name", "-cn"):
+        if config_name and arg in ("--config-name", "-cn"):
             if i + 1 == len(argv):
                 raise ConfigError(f"{arg}: expected a config name such as train/eqr_sudoku")
-            config_name, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config-name="):
+            config_name, i = argv[i + 1], i + 1
+        elif config_name and arg.startswith("--config-name="):
             config_name = arg.split("=", 1)[1]
         elif arg.startswith("-"):
-            raise ConfigError(f"{arg}: unknown flag (only --config-name NAME and key=value overrides)")
+            raise ConfigError(f"{arg}: unknown flag " + ("(only --config-name NAME and key=value overrides)" if config_name
+                                                         else "(this entry point takes key=value overrides only)"))
         else:
             overrides.append(arg)
         i += 1
-    return config_name.removesuffix(".yaml"), overrides
+    return config_name and config_name.removesuffix(".yaml"), overrides
 
 
 def run_entry(argv: list[str] | None, usage, configure, run, config_name: str | None = None) -> int:
