@@ -21,7 +21,7 @@ answer_help("diagnose", __doc__, "cfg_diagnose", HELP_PRESETS)  # before torch i
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from utils.constants import IGNORE_LABEL_ID
 from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.processes import broadcast
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 
 SUMMARY_FORMAT = "eqr-diagnostics/2"
@@ -104,10 +104,7 @@ class DiagnoseConfig:
 
 
 def parse_config(cfg: dict) -> DiagnoseConfig:
-    unknown = sorted(set(cfg) - {f.name for f in fields(DiagnoseConfig)})
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_diagnose.yaml for the known keys)")
-    return DiagnoseConfig(**cfg)
+    return from_config(DiagnoseConfig, cfg, "config/cfg_diagnose.yaml", "key")
 
 
 def batch_records(batch: dict, traced: dict, breadth: int) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ answer_help("evaluate", __doc__, "cfg_eval", HELP_PRESETS)  # before torch is im
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from utils.constants import IGNORE_LABEL_ID
 from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.processes import broadcast, free_memory
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 
 @dataclass
@@ -120,11 +120,7 @@ class EvalConfig:
 
 def parse_config(cfg: dict) -> EvalConfig:
     cfg.pop("eval", None)
-    known = {f.name for f in fields(EvalConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_eval.yaml for the known keys)")
-    return EvalConfig(**cfg)
+    return from_config(EvalConfig, cfg, "config/cfg_eval.yaml")
 
 
 # ----------------------------------------------------------------------------- set-up

@@ -30,7 +30,7 @@ import inspect
 import os
 import random
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from utils.processes import StopRequests, broadcast, free_memory, resolve_forwar
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
                               write_shard)
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
@@ -129,11 +129,7 @@ class TrainConfig:
 
 
 def parse_train_config(cfg: dict) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_pretrain.yaml for the known keys)")
-    return TrainConfig(**cfg)
+    return from_config(TrainConfig, cfg, "config/cfg_pretrain.yaml")
 
 
 def model_config_for(arch: dict, data_path: str) -> ModelConfig:

@@ -21,7 +21,7 @@ answer_help("solve", __doc__, None, HELP_PRESETS)  # before torch is imported
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from utils.constants import IGNORE_LABEL_ID
 from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.files import check_writable
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 CHUNK = 64  # puzzles per forward pass
 MAX_FILE_BYTES = 4 * 2**20  # a puzzle file larger than this is refused (docs/evaluation.md: solve.py on a file)
@@ -80,10 +80,7 @@ class SolveConfig:
 
 
 def parse_config(cfg: dict) -> SolveConfig:
-    unknown = sorted(set(cfg) - {f.name for f in fields(SolveConfig)})
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_solve.yaml for the known keys)")
-    return SolveConfig(**cfg)
+    return from_config(SolveConfig, cfg, "config/cfg_solve.yaml", "key")
 
 
 def compose(_, overrides: list[str]) -> SolveConfig:
