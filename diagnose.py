@@ -20,29 +20,27 @@ HELP_PRESETS = {}
 answer_help("diagnose", __doc__, "cfg_diagnose", HELP_PRESETS)  # before torch is imported
 
 import os
-import signal
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from config import compose_config
-from dataset.common import load_metadata
-from dataset.puzzle_dataset import iter_test_batches, num_test_batches, num_test_examples
-from evaluate import KILL_AFTER_ENV, checkpoint_name, dataset_for, run_entry, train_setting
+from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import diagnostics_summary as summary_file
-from evaluation.grid import fingerprint, fresh_init_std, partial_path, remove_partial, resume_partial
+from evaluation.grid import fresh_init_std
 from evaluation.keyed_rng import KeyedSampler, trajectory_keys
 from evaluation.lyapunov import trace_batch
 from evaluation.report import write_json
-from models.checkpoint import load_for_eval
-from models.losses import IGNORE_LABEL_ID
+from evaluation.setup import checkpoint_name, dataset_for, load_model, train_setting
+from evaluation.sweep import Sweep
+from utils.constants import IGNORE_LABEL_ID
+from utils.entry import run_entry
 from utils.errors import ConfigError
-from utils.files import atomic_save, check_writable, hold_folder
 from utils.processes import broadcast, exit_process
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 
 SUMMARY_FORMAT = "eqr-diagnostics/2"
@@ -106,10 +104,7 @@ class DiagnoseConfig:
 
 
 def parse_config(cfg: dict) -> DiagnoseConfig:
-    unknown = sorted(set(cfg) - {f.name for f in fields(DiagnoseConfig)})
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_diagnose.yaml for the known keys)")
-    return DiagnoseConfig(**cfg)
+    return from_config(DiagnoseConfig, cfg, "config/cfg_diagnose.yaml", "key")
 
 
 def batch_records(batch: dict, traced: dict, breadth: int) -> dict[str, torch.Tensor]:
@@ -177,11 +172,8 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     """Trace every puzzle; rank 0 writes the outputs and returns the summary (other ranks: None)."""
     if cfg.summary_only:
         return resummarise(cfg) if rank == 0 else None
-    overrides = {"forward_dtype": "float32", **({"noise_scale": 0.0} if cfg.noise == "off" else {})}
-    data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None  # sizes a file without its own
-    head, info = load_for_eval(cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint, overrides=overrides,
-                               data_seq_len=data_meta.seq_len if data_meta else None,
-                               data_vocab_size=data_meta.vocab_size if data_meta else None)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, "float32", device, world_size, cfg.data_path, cfg.split,
+                            {"noise_scale": 0.0} if cfg.noise == "off" else None)
     inner = head.model.inner.to(device).eval()
     model_config = inner.config
     data_path, _ = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)
@@ -207,42 +199,29 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
                 "model": model_config.to_dict(), "device_type": device.type}
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_diagnostics_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
-    check_writable(output_dir, "output_dir")  # now, not after the run
-    if rank == 0:
-        hold_folder(output_dir, "output_dir")
-    own_partial = partial_path(output_dir, rank, world_size)
-    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "summary.json", "diagnostics run")
-    parts, start_batch, seconds_before = ([state["records"]], state["next_batch"], state["seconds"]) if state else \
-        ([], 0, 0.0)
+    sweep = Sweep(output_dir, identity, rank, world_size, cfg.resume, "summary.json", "diagnostics run")
+    parts = [sweep.state["records"]] if sweep.state else []  # per-trajectory records, in batches
+    start_batch = sweep.start_batch
 
     if rank == 0:
         print(f"diagnosing {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}) on {data_path}/{cfg.split}: "
               f"{examples} puzzles x {cfg.breadth} trajectories, {depth} segments, {cfg.lyapunov_k} exponents, "
               f"noise {cfg.noise}, float32, {world_size} process(es) on {device.type}"
               + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
-    from tqdm import tqdm
-    bar = tqdm(total=examples, initial=min(start_batch * cfg.global_batch_size, examples), unit="puzzle",
-               desc=f"diagnose D{depth} k{cfg.lyapunov_k}", disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))  # testing aid, as in evaluate.py
-    started = time.time()
-    for batch_index, batch in enumerate(iter_test_batches(data_path, cfg.global_batch_size, rank, world_size, cfg.split,
-                                                          examples, start_batch=start_batch), start=start_batch):
-        batch = {k: v.to(device) for k, v in batch.items()}
+
+    def carried(done: int) -> dict:
+        parts[:] = [{name: torch.cat([p[name] for p in parts]) for name in parts[0]}]
+        return {"records": parts[0]}
+
+    for batch_index, batch in sweep.batches(data_path, cfg.global_batch_size, cfg.split, examples, device, num_batches,
+                                            examples, cfg.save_every_batches, progress=cfg.progress,
+                                            desc=f"diagnose D{depth} k{cfg.lyapunov_k}"):
         sampler = KeyedSampler(seed, *trajectory_keys(batch["index"], cfg.breadth))
         traced = trace_batch(inner, batch, depth, cfg.lyapunov_k, cfg.breadth, sampler, seed, cfg.prefix_segments,
                              fresh_std)
         parts.append(batch_records(batch, traced, cfg.breadth))
-        bar.update(max(0, min(cfg.global_batch_size, examples - batch_index * cfg.global_batch_size)))
-        done = batch_index + 1
-        if done < num_batches and done % cfg.save_every_batches == 0:
-            records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-            parts = [records]
-            atomic_save({"fingerprint": fingerprint(identity), "identity": identity, "next_batch": done,
-                         "records": records, "seconds": seconds_before + time.time() - started}, own_partial)
-        if kill_after and done - start_batch >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-    wall = seconds_before + time.time() - started
+        sweep.advance(batch_index, carried)
+    wall = sweep.seconds
     records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
 
     gathered = [records]
@@ -265,13 +244,14 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
         write_summary(cfg, output_dir, result, table, depth)
         print(f"\n{len(table['puzzle'])} trajectories in {wall:.1f} s on {world_size} process(es); "
               f"results in {output_dir}/")
-    remove_partial(output_dir, rank, world_size)
+    sweep.finish()
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    usage = lambda overrides: help_text(__doc__, overrides, "cfg_diagnose", HELP_PRESETS)
-    return run_entry(argv, usage, lambda overrides: parse_config(compose_config("cfg_diagnose", overrides)), diagnose)
+    return run_entry(argv, lambda args: help_text(__doc__, args, "cfg_diagnose", HELP_PRESETS),
+                     lambda _, overrides: parse_config(compose_config("cfg_diagnose", overrides)),
+                     lambda cfg, p: diagnose(cfg, p.rank, p.world_size, p.device))
 
 
 if __name__ == "__main__":

@@ -22,33 +22,28 @@ HELP_PRESETS = {"eval": "eval=NAME"}
 answer_help("evaluate", __doc__, "cfg_eval", HELP_PRESETS)  # before torch is imported
 
 import os
-import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from config import compose_eval_config
-from dataset.common import DatasetError, load_metadata
-from dataset.puzzle_dataset import iter_test_batches, num_test_batches, num_test_examples
+from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import predictions, render, report
-from evaluation.grid import (GridSpec, fingerprint, fresh_init_std, memory_lower_bound, partial_path, remove_partial,
-                             resume_partial, row_keys, run_batch, save_partial)
+from evaluation.grid import GridSpec, fresh_init_std, memory_lower_bound, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
 from evaluation.pool import elastic_batches
+from evaluation.setup import checkpoint_name, dataset_for, load_model, train_setting
+from evaluation.sweep import Sweep
 from models.halting import rules_from
-from models.checkpoint import load_for_eval
-from models.eqr import ConfigError, TorchSampler, compile_core
+from models.eqr import TorchSampler, compile_core
 from utils.constants import IGNORE_LABEL_ID
-from utils.errors import CheckpointError, RunError
-from utils.files import check_writable, hold_folder, os_error_line, release_folders
-from utils.processes import (broadcast, close_processes, exit_process, free_memory, report_error,
-                             resolve_forward_dtype, setup_processes)
-from utils.typecheck import check_range, check_types
-
-KILL_AFTER_ENV = "EQR_EVAL_KILL_AFTER_BATCHES"  # testing aid: SIGKILL this process after N batches
+from utils.entry import run_entry
+from utils.errors import ConfigError
+from utils.processes import broadcast, exit_process, free_memory
+from utils.typecheck import check_range, check_types, from_config
 
 
 @dataclass
@@ -125,45 +120,10 @@ class EvalConfig:
 
 def parse_config(cfg: dict) -> EvalConfig:
     cfg.pop("eval", None)
-    known = {f.name for f in fields(EvalConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_eval.yaml for the known keys)")
-    return EvalConfig(**cfg)
+    return from_config(EvalConfig, cfg, "config/cfg_eval.yaml")
 
 
 # ----------------------------------------------------------------------------- set-up
-
-def checkpoint_name(uri: str) -> str:
-    """'hf://locuslab/EqR-model/sudoku-extreme/eqr.pth' -> 'sudoku-extreme_eqr'."""
-    parts = uri.rstrip("/").split("/")
-    stem = os.path.splitext(parts[-1])[0]
-    parent = parts[-2] if len(parts) > 1 and parts[-2] not in ("", ".", "hf:") else ""
-    return f"{parent}_{stem}" if parent else stem
-
-
-def train_setting(train_config: dict, key: str):
-    """A training config value, in our layout or the reference's (dataset.data_path)."""
-    if train_config.get(key) is not None:
-        return train_config[key]
-    if key == "data_path":
-        return (train_config.get("dataset") or {}).get("data_path")
-    return None
-
-
-def dataset_for(data_path: str | None, train_config: dict, split: str, model_config):
-    """The dataset to run on (the one given, else the checkpoint's), checked against the model's shapes
-    -> (its path, its split's metadata)."""
-    data_path = data_path or train_setting(train_config, "data_path")
-    if not data_path:
-        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
-    meta = load_metadata(data_path, split)
-    for key in ("seq_len", "vocab_size"):
-        if getattr(meta, key) != getattr(model_config, key):
-            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
-                              f"the checkpoint's model {getattr(model_config, key)}")
-    return data_path, meta
-
 
 def elastic(cfg: EvalConfig, model_config) -> bool:
     """Whether to run the elastic pool: act_inference, else the checkpoint's arch.act_inference."""
@@ -206,23 +166,6 @@ def check_memory(model_config, spec: GridSpec, global_batch_size: int, world_siz
                       f"{need / 2**30:.1f} GiB per process, {free / 2**30:.1f} GiB is free on {device}; {advice}")
 
 
-def load_model(checkpoint: str, trust: bool, forward_dtype: str | None, device: torch.device, world_size: int,
-               data_meta=None):
-    """load_for_eval in the dtype to run: forward_dtype as given (auto: the device's native one), or the checkpoint's,
-    except that a bfloat16 checkpoint on a device without bf16 units runs in float32 (one notice says so)."""
-    def load(dtype):
-        return load_for_eval(checkpoint, trust_checkpoint=trust, data_seq_len=data_meta.seq_len if data_meta else None,
-                             data_vocab_size=data_meta.vocab_size if data_meta else None,
-                             overrides={"forward_dtype": dtype} if dtype else None)
-
-    head, info = load(resolve_forward_dtype(forward_dtype, device, world_size))
-    if forward_dtype is None and head.model.config.forward_dtype == "bfloat16":
-        dtype = resolve_forward_dtype("bfloat16", device, world_size, typed=False)
-        if dtype != "bfloat16":
-            head, info = load(dtype)
-    return head, info
-
-
 def make_sampler(cfg: EvalConfig, seed: int, batch: dict, spec: GridSpec):
     if cfg.rng == "torch":
         return TorchSampler()
@@ -247,8 +190,8 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
 
 def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
     """Run the grid; rank 0 writes the outputs and returns the results dict (other ranks: None)."""
-    data_meta = load_metadata(cfg.data_path, cfg.split) if cfg.data_path else None
-    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size, data_meta)
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size, cfg.data_path,
+                            cfg.split)
     model_config = head.model.config
     inner = head.model.inner.to(device).eval()
     broken = [name for name, p in head.named_parameters() if not torch.isfinite(p).all()]
@@ -282,16 +225,12 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
 
     # Resume this rank's shard of the sweep, or refuse to overwrite one.
+    sweep = Sweep(output_dir, identity, rank, world_size, cfg.resume, report.RESULTS_FILE)
     counts = torch.zeros(spec.size, dtype=torch.long, device=device)
-    start_batch, seconds_before, depth_seconds = 0, 0.0, [0.0] * len(spec.depths)
-    check_writable(output_dir, "output_dir")  # now, not after the sweep
-    if rank == 0:
-        hold_folder(output_dir, "output_dir")
-    own_partial = partial_path(output_dir, rank, world_size)
-    state = resume_partial(output_dir, rank, world_size, identity, cfg.resume, "results.json")
-    if state is not None:
-        counts += state["counts"].to(device)
-        start_batch, seconds_before, depth_seconds = state["next_batch"], state["seconds"], state["depth_seconds"]
+    depth_seconds = sweep.state.get("depth_seconds", [0.0] * len(spec.depths))
+    if sweep.state:
+        counts += sweep.state["counts"].to(device)
+    start_batch = sweep.start_batch
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
     writer = predictions.ShardWriter(output_dir, rank, world_size, start_batch, meta.vocab_size) if cfg.save_outputs else None
@@ -305,19 +244,13 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
               + (f", elastic pool of {pool_size} slots, {len(spec.halting_rules)} halting rule(s)" if pool_size else "")
               + (", compiled" if compiled else ", eager")
               + (f", resuming at batch {start_batch}/{num_batches}" if start_batch else ""), file=sys.stderr)
-    from tqdm import tqdm
-    bar = tqdm(total=examples, initial=min(start_batch * global_batch_size, examples), unit="puzzle",
-               desc=f"eval D{spec.max_depth} B{spec.max_breadth}", disable=rank != 0 or not cfg.progress,
-               dynamic_ncols=True, smoothing=0.1)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
     task = render.task_of(model_config.vocab_size, model_config.seq_len)
     shown = {"task": task, "solved": [], "failed": []}  # rank 0's first answers at the largest cell, to draw
     want_shown = rank == 0 and cfg.plots and cfg.render_examples > 0 and task is not None
-    started = last_save = time.time()
     cpu_started = time.process_time()
-    batch_index = start_batch
-    batches = ((i, {k: v.to(device) for k, v in batch.items()}) for i, batch in enumerate(iter_test_batches(
-        data_path, global_batch_size, rank, world_size, cfg.split, max_examples, start_batch=start_batch), start=start_batch))
+    batches = sweep.batches(data_path, global_batch_size, cfg.split, max_examples, device, num_batches, examples,
+                            cfg.save_every_batches, cfg.save_every_seconds, cfg.progress,
+                            f"eval D{spec.max_depth} B{spec.max_breadth}")
     pool_stats = {}
     if spec.elastic:
         slots = torch.zeros(pool_size, dtype=torch.long, device=device)
@@ -326,6 +259,12 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
                    for i, batch, cells, hist in elastic_batches(inner, batches, spec, pool_size, sampler, pool_stats))
     else:
         outcomes = ((i, batch, *run_batch(inner, batch, spec, make_sampler(cfg, seed, batch, spec))) for i, batch in batches)
+
+    def carried(done: int) -> dict:
+        if writer:  # first the predictions, then the counts that say how far they go
+            writer.flush(done)
+        return {"counts": counts.cpu(), "depth_seconds": list(depth_seconds)}
+
     for batch_index, batch, cells, hist, seconds, headline in outcomes:
         if want_shown and headline and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
             keep_examples(shown, batch, headline, cfg.render_examples)
@@ -333,17 +272,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         if writer:
             writer.add(batch, headline)
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
-        bar.update(max(0, min(global_batch_size, examples - batch_index * global_batch_size)))
-        done = batch_index + 1
-        if done < num_batches and (done % cfg.save_every_batches == 0 or time.time() - last_save > cfg.save_every_seconds):
-            if writer:  # first the predictions, then the counts that say how far they go
-                writer.flush(done)
-            save_partial(own_partial, identity, done, counts, seconds_before + time.time() - started, depth_seconds)
-            last_save = time.time()
-        if kill_after and done - start_batch >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-    wall = seconds_before + time.time() - started
+        sweep.advance(batch_index, carried)
+    wall = sweep.seconds
     pool_stats["cpu_time_s"] = time.process_time() - cpu_started  # this process's share (since a resume)
     if writer:
         writer.flush(num_batches)
@@ -355,96 +285,18 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         if writer:
             d, b = spec.max_depth, spec.max_breadth
             predictions.merge(output_dir, world_size, examples, d, b, spec.headline_rule(d, b))
-        results = write_outputs(output_dir, cfg, spec, counts.cpu(), info, identity, wall, depth_seconds, device, shown,
-                                {**pool_stats, "pool_size": pool_size})
-    remove_partial(output_dir, rank, world_size)  # the finished results replace the partial counts
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        results = report.write_outputs(output_dir, checkpoint_name(cfg.checkpoint), asdict(cfg), spec, counts.cpu(), info,
+                                       identity, wall, depth_seconds, device_name, shown,
+                                       {**pool_stats, "pool_size": pool_size})
+    sweep.finish()  # the finished results replace the partial counts
     return results
-
-
-def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown, pool) -> dict:
-    cells, hist = spec.split(counts)
-    rows = report.build_rows(spec, cells, hist, depth_seconds)
-    puzzles = int(cells[0, 0, 0, 1])
-    d, b = spec.max_depth, spec.max_breadth
-    rule = spec.headline_rule(d, b)
-    head = report.find(rows, d, b, rule)
-    results = {
-        "format": "eqr-eval/1",
-        "headline": {"metric": "exact_accuracy", "depth": d, "breadth": b, "rule": rule,
-                     "description": report.rule_text(spec, rule), "accuracy": head["accuracy"],
-                     "correct": head["correct"], "total": head["total"]},
-        "checkpoint": {k: info[k] for k in ("uri", "source", "sha256", "format", "step", "ema")},
-        "data": {"path": identity["data_path"], "split": identity["split"], "puzzles": puzzles},
-        "config": asdict(cfg),
-        "grid": spec.to_dict(),
-        "rules": spec.rules,
-        "halt_rules": [dict(r.to_dict(), suffix=suffix, label=r.label) for r, suffix in zip(spec.halting_rules, spec.halt_suffixes)],
-        "cpu_time_s": pool.pop("cpu_time_s"),  # rank 0's CPU time in the loop (all threads), since a resume
-        "elastic": pool if spec.elastic else None,  # rank 0's pool: steps, slot_steps (rows run), busy_steps (rows with work)
-        "config_fingerprint": fingerprint(identity),
-        "identity": identity,
-        "world_size": identity["world_size"],
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "wall_time_s": wall,
-        "puzzles_per_s": puzzles / wall if wall > 0 else None,
-        "time_to_depth_s": dict(zip(map(str, spec.depths), depth_seconds)),
-        "predictions": predictions.FILE_NAME if cfg.save_outputs else None,
-        "notes": "B>1 figures count real puzzles only (the reference also counts the padding rows of the last "
-                 "test batch as solved); token accuracy is pooled over labelled tokens.",
-        "rows": rows,
-        "counts": {"fields": ["correct", "total", "token_correct", "token_total", "nfe"],
-                   "cells": cells.tolist(), "pass_histograms": hist.tolist()},
-    }
-    extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
-             "pass_wall_time_s": wall}
-    os.makedirs(output_dir, exist_ok=True)
-    report.write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
-    if cfg.plots:
-        report.write_plots(output_dir, spec, rows, checkpoint_name(cfg.checkpoint), puzzles)
-        cell = f"{checkpoint_name(cfg.checkpoint)}: D={spec.max_depth} B={spec.max_breadth}, {report.rule_text(spec, rule)}"
-        for outcome in ("solved", "failed"):
-            if shown[outcome]:
-                render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],
-                                         shown[outcome], f"{cell}: {outcome} puzzles")
-    # Last: results.json marks the folder finished, so a write that fails before it leaves a resumable sweep.
-    report.write_json(os.path.join(output_dir, "results.json"), results)
-    print(report.format_table(spec, rows, puzzles))
-    print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
-          f"{identity['world_size']} process(es); results in {output_dir}/")
-    return results
-
-
-def run_entry(argv: list[str] | None, usage, configure, run) -> int:
-    """An entry point's life: --help (usage(overrides) -> text), the checked config (configure(overrides)), its
-    processes, run(cfg, rank, world_size, device), and a known error as one `error:` line and exit status 2.
-    Shared with diagnose.py and solve.py."""
-    argv = sys.argv[1:] if argv is None else argv
-    processes = None
-    try:
-        if any(a in ("-h", "--help") for a in argv):
-            print(usage([a for a in argv if not a.startswith("-")]))
-            return 0
-        flags = [a for a in argv if a.startswith("-")]
-        if flags:
-            raise ConfigError(f"{flags[0]}: unknown flag (this entry point takes key=value overrides only)")
-        cfg = configure(argv)
-        processes = setup_processes(cfg.device, cfg.threads)
-        run(cfg, processes.rank, processes.world_size, processes.device)
-    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
-        report_error(e)
-        return 2
-    except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
-        return 2
-    finally:
-        release_folders()
-        close_processes(processes)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    usage = lambda overrides: help_text(__doc__, overrides, "cfg_eval", HELP_PRESETS)
-    return run_entry(argv, usage, lambda overrides: parse_config(compose_eval_config(overrides)), evaluate)
+    return run_entry(argv, lambda args: help_text(__doc__, args, "cfg_eval", HELP_PRESETS),
+                     lambda _, overrides: parse_config(compose_eval_config(overrides)),
+                     lambda cfg, p: evaluate(cfg, p.rank, p.world_size, p.device))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train EqR / TRM / the feed-forward baseline (SPEC "Model", "Optimisation").
+"""Train EqR / TRM / the feed-forward baseline.
 
     python pretrain.py --config-name train/eqr_sudoku [key=value ...]
     torchrun --standalone --nproc-per-node 8 pretrain.py --config-name train/eqr_sudoku
@@ -29,7 +29,7 @@ import inspect
 import os
 import random
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -49,13 +49,13 @@ from models.losses import LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
 from utils.checkpoint import (intact_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state,
                               shard_name)
+from utils.entry import run_entry
 from utils.errors import CheckpointError, RunError, first_line
-from utils.files import atomic_write, os_error_line, remove_stale_temp_files
+from utils.files import atomic_write, remove_stale_temp_files
 from utils.network import reachable
-from utils.processes import (StopRequests, broadcast, close_processes, exit_process, free_memory,
-                             resolve_forward_dtype, report_error, setup_processes)
+from utils.processes import StopRequests, broadcast, exit_process, free_memory, resolve_forward_dtype
 from utils.run_folder import RunLock, append_metrics, read_metrics, truncate_metrics
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
@@ -127,11 +127,7 @@ class TrainConfig:
 
 
 def parse_train_config(cfg: dict) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_pretrain.yaml for the known keys)")
-    return TrainConfig(**cfg)
+    return from_config(TrainConfig, cfg, "config/cfg_pretrain.yaml")
 
 
 def model_config_for(arch: dict, data_path: str) -> ModelConfig:
@@ -178,31 +174,6 @@ def check_model_fits(config: ModelConfig, tc: TrainConfig, world_size: int, devi
                           f"parameters x {copies} float32 copies, {activations / 2**30:.1f} GiB of activations at "
                           f"{rows} rows), {free / 2**30:.1f} GiB is free for it on {device}; lower arch.hidden_size, "
                           f"arch.L_layers or global_batch_size")
-
-
-def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
-    config_name, overrides, i, wants_help = "cfg_pretrain", [], 0, False
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("--config-name", "-cn"):
-            if i + 1 == len(argv):
-                raise ConfigError(f"{arg}: expected a config name such as train/eqr_sudoku")
-            config_name, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config-name="):
-            config_name = arg.split("=", 1)[1]
-        elif arg in ("-h", "--help"):
-            wants_help = True
-        elif arg.startswith("-"):
-            raise ConfigError(f"{arg}: unknown flag (only --config-name NAME and key=value overrides)")
-        else:
-            overrides.append(arg)
-        i += 1
-    config_name = config_name.removesuffix(".yaml")
-    if wants_help:  # the keys and defaults of the preset named with it, if any
-        print(help_text(__doc__, argv, "cfg_pretrain", HELP_PRESETS))
-        sys.exit(0)
-    return config_name, overrides
 
 
 # ----------------------------------------------------------------------------- seeds and devices
@@ -335,15 +306,10 @@ def train_step(step: int, carry: Carry | None, batch: dict, head: ACTLossHead, o
     return carry, metrics, grad_norm, finite, lr
 
 
-def train(cfg: dict, config_name: str, typed: set[str] = frozenset()) -> None:
+def train(cfg: dict, tc: TrainConfig, config_name: str, typed: set[str], processes) -> None:
     """`typed`: the keys set on the command line (a preset's bfloat16 on a CPU without bf16 units becomes float32)."""
-    tc = parse_train_config(cfg)
-    processes = setup_processes(tc.device, tc.threads)
-    try:
-        with contextlib.ExitStack() as cleanup, StopRequests() as stop:
-            _train(cfg, tc, config_name, processes, cleanup, stop, typed)
-    finally:
-        close_processes(processes)
+    with contextlib.ExitStack() as cleanup, StopRequests() as stop:
+        _train(cfg, tc, config_name, processes, cleanup, stop, typed)
 
 
 def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
@@ -549,17 +515,16 @@ def claim_run_folder(run_dir: str, rank: int, world_size: int, cleanup: contextl
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config_name, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
-        cfg = compose_train_config(config_name, overrides)
-        train(cfg, config_name, typed_keys("train", overrides))
-    except (ConfigError, DatasetError, CheckpointError, RunError) as e:
-        report_error(e)
-        return 2
-    except OSError as e:  # a file no check foresaw (a disk that filled, a mount that went away)
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+    composed = {}  # what configure composed, for the run
+
+    def configure(config_name: str, overrides: list[str]) -> TrainConfig:
+        composed.update(cfg=compose_train_config(config_name, overrides), config_name=config_name,
+                        typed=typed_keys("train", overrides))
+        return parse_train_config(composed["cfg"])
+
+    return run_entry(argv, lambda args: help_text(__doc__, args, "cfg_pretrain", HELP_PRESETS), configure,
+                     lambda tc, processes: train(composed.pop("cfg"), tc, processes=processes, **composed),
+                     config_name="cfg_pretrain")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ answer_help("solve", __doc__, None, HELP_PRESETS)  # before torch is imported
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,15 +29,16 @@ from tqdm import tqdm
 
 from config import compose_config
 from dataset.common import load_split
-from evaluate import load_model, run_entry, train_setting
 from evaluation import render
 from evaluation.grid import GridSpec, fresh_init_std, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
+from evaluation.setup import load_model, train_setting
 from utils.constants import IGNORE_LABEL_ID
+from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.files import check_writable
 from utils.processes import exit_process
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_range, check_types, from_config
 
 CHUNK = 64  # puzzles per forward pass
 MAX_FILE_BYTES = 4 * 2**20  # a puzzle file larger than this is refused (docs/evaluation.md: solve.py on a file)
@@ -80,13 +81,10 @@ class SolveConfig:
 
 
 def parse_config(cfg: dict) -> SolveConfig:
-    unknown = sorted(set(cfg) - {f.name for f in fields(SolveConfig)})
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (see config/cfg_solve.yaml for the known keys)")
-    return SolveConfig(**cfg)
+    return from_config(SolveConfig, cfg, "config/cfg_solve.yaml", "key")
 
 
-def compose(overrides: list[str]) -> SolveConfig:
+def compose(_, overrides: list[str]) -> SolveConfig:
     """The config; `puzzle=` is kept out of Hydra, which would read an all-digit puzzle as an int, one with a single
     '.' as a float, and refuse one with a non-ASCII character with its lexer's message."""
     puzzles = [a.split("=", 1)[1] for a in overrides if a.startswith("puzzle=")]
@@ -264,7 +262,7 @@ def solve(cfg: SolveConfig, device: torch.device) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry(argv, lambda overrides: __doc__, compose, lambda cfg, rank, world_size, device: solve(cfg, device))
+    return run_entry(argv, lambda args: __doc__, compose, lambda cfg, p: solve(cfg, p.device))
 
 
 if __name__ == "__main__":

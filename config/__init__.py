@@ -6,6 +6,7 @@ import sys
 from omegaconf import OmegaConf
 
 from config import reference_keys
+from utils.entry import parse_argv
 from utils.errors import ConfigError
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -118,17 +119,8 @@ def help_text(doc: str, argv: list[str], config_name: str | None, preset_groups:
     `argv` composes (`--config-name NAME` picks another, key=value overrides apply)."""
     if config_name is None:
         return doc
-    overrides, i = [], 0
-    while i < len(argv):
-        if argv[i] in ("--config-name", "-cn") and i + 1 < len(argv):
-            config_name, i = argv[i + 1], i + 2
-            continue
-        if argv[i].startswith("--config-name="):
-            config_name = argv[i].split("=", 1)[1]
-        elif not argv[i].startswith("-"):
-            overrides.append(argv[i])
-        i += 1
-    return doc + "\n" + config_help(config_name.removesuffix(".yaml"), overrides, preset_groups)
+    config_name, overrides = parse_argv([a for a in argv if a not in ("-h", "--help")], config_name)
+    return doc + "\n" + config_help(config_name, overrides, preset_groups)
 
 
 def answer_help(entry: str, doc: str, config_name: str | None, preset_groups: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.constants import IGNORE_LABEL_ID  # noqa: F401 (part of this module's interface)
+from utils.errors import DatasetError
 from utils.files import try_flock
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -30,10 +30,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default in (None, argparse.SUPPRESS) or not action.option_strings or "%(default)" in action.help:
             return action.help
         return f"{action.help} (default: %(default)s)"
-
-
-class DatasetError(Exception):
-    """Bad dataset or builder input; the message is one line naming the file/key and the expectation."""
 
 
 @dataclass

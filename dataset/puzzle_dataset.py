@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from dataset.common import IGNORE_LABEL_ID, DatasetError, PuzzleDatasetMetadata, load_split
+from dataset.common import DatasetError, PuzzleDatasetMetadata, load_split
+from utils.constants import IGNORE_LABEL_ID
 
 
 def _local_batch_size(global_batch_size: int, rank: int, world_size: int) -> int:

@@ -22,9 +22,6 @@ Counts (int64) per depth, breadth and rule: FIELDS below. pass@k comes from a hi
 "c of the first B trajectories right" per (D, B), so every reported number is an exact function of
 integers that are summed over batches and ranks: results do not depend on sharding.
 """
-import hashlib
-import json
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -34,9 +31,8 @@ from evaluation import selection
 from evaluation.keyed_rng import trajectory_keys
 from models import halting
 from models.halting import HaltRule
-from utils.files import atomic_save
-from models.eqr import ConfigError
-from models.losses import IGNORE_LABEL_ID
+from utils.constants import IGNORE_LABEL_ID
+from utils.errors import ConfigError
 
 FIELDS = ("correct", "total", "token_correct", "token_total", "nfe")
 
@@ -378,65 +374,3 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     if R:
         headline["halt_step"] = pick(halt_step[0])
     return cells, hist, depth_seconds, headline
-
-
-# ----------------------------------------------------------------------------- partial results (resume)
-
-def fingerprint(identity: dict) -> str:
-    """Short hash of everything that decides the counts (config, checkpoint, data, sharding)."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def partial_path(output_dir: str, rank: int, world_size: int) -> str:
-    return os.path.join(output_dir, "partial", f"rank{rank}-of-{world_size}.pt")
-
-
-def save_partial(path: str, identity: dict, next_batch: int, counts: torch.Tensor, seconds: float,
-                 depth_seconds: list[float]) -> None:
-    atomic_save({"fingerprint": fingerprint(identity), "identity": json.loads(json.dumps(identity, default=str)),
-                 "next_batch": next_batch, "counts": counts.cpu(), "seconds": seconds,
-                 "depth_seconds": list(depth_seconds)}, path)
-
-
-def load_partial(path: str, identity: dict) -> dict:
-    """This rank's saved progress; refuses a file written under any other configuration."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{path}: unreadable partial result ({type(e).__name__}); delete it to start over") from None
-    if state.get("fingerprint") != fingerprint(identity):
-        saved = state.get("identity", {})
-        now = json.loads(json.dumps(identity, default=str))
-        diff = next((k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)), "?")
-        raise ConfigError(f"{path}: written with {diff}={saved.get(diff)!r}, this run has {diff}={now.get(diff)!r}; "
-                          f"resume with the same settings or use another output_dir")
-    return state
-
-
-def resume_partial(output_dir: str, rank: int, world_size: int, identity: dict, resume: bool, finished: str,
-                   what: str = "evaluation") -> dict | None:
-    """This rank's saved progress when resuming (None: start from the beginning); refuses to overwrite a
-    finished `what` (its `finished` file exists) or, without resume, an unfinished one."""
-    own = partial_path(output_dir, rank, world_size)
-    if resume and os.path.isfile(own):
-        return load_partial(own, identity)
-    if os.path.isfile(os.path.join(output_dir, finished)):
-        raise ConfigError(f"output_dir: {output_dir} holds the results of a finished {what}; choose another output_dir")
-    if not resume and os.path.isdir(os.path.dirname(own)) and os.listdir(os.path.dirname(own)):
-        raise ConfigError(f"output_dir: {output_dir} holds partial results of an unfinished {what}; "
-                          f"pass resume=true to continue it or choose another output_dir")
-    return None
-
-
-def remove_partial(output_dir: str, rank: int, world_size: int) -> None:
-    """Once the outputs are written: every rank drops its partial file, then rank 0 the empty folder."""
-    import torch.distributed as dist
-    own = partial_path(output_dir, rank, world_size)
-    if world_size > 1:
-        dist.barrier()
-    if os.path.isfile(own):
-        os.remove(own)
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0 and os.path.isdir(os.path.dirname(own)) and not os.listdir(os.path.dirname(own)):
-        os.rmdir(os.path.dirname(own))

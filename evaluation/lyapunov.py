@@ -17,7 +17,7 @@ from torch.func import jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from evaluation.keyed_rng import KeyedSampler, trajectory_keys
-from models.losses import IGNORE_LABEL_ID
+from utils.constants import IGNORE_LABEL_ID
 
 FRAME_SEED_OFFSET = 7919  # the initial tangent frame is keyed by (seed + this, puzzle, trajectory)
 

@@ -25,8 +25,8 @@ import re
 import numpy as np
 import torch
 
-from evaluation.grid import partial_path
-from models.losses import IGNORE_LABEL_ID
+from evaluation.sweep import partial_path
+from utils.constants import IGNORE_LABEL_ID
 from utils.errors import RunError
 from utils.files import atomic_write
 

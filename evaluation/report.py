@@ -1,6 +1,12 @@
-"""Turn the reduced grid counts into results.json, results.csv, a printed table and PNG plots.
+"""results.json, results.csv, the printed table and the PNG plots of a finished sweep: the one writer and reader of
+results.json. Every file is written to a temporary name in the output folder and renamed into place.
 
-Every file is written to a temporary name in the output folder and renamed into place.
+results.json (format "eqr-eval/1", strict JSON: NaN is null) holds the headline cell (metric, depth, breadth, rule,
+accuracy, correct, total), the checkpoint (uri, source, sha256, format, step, ema), the data (path, split, puzzles),
+the evaluation config, the grid, its rules and halting rules, the pass's identity and fingerprint (the partial files'
+ones, evaluation/sweep.py), times (wall_time_s, puzzles_per_s, time_to_depth_s, cpu_time_s), the elastic pool's
+counts, the name of the predictions file (or null), one row per (depth, breadth, rule) as results.csv has them, and
+the integer counts they come from (cells and pass@k histograms).
 """
 import csv
 import io
@@ -8,9 +14,16 @@ import json
 import math
 import os
 
-from evaluation import render, selection
+from evaluation import predictions, render, selection
 from evaluation.grid import FIELDS, GridSpec, base_rule
+from evaluation.sweep import fingerprint
+from utils.errors import RunError
 from utils.files import atomic_write
+
+RESULTS_FORMAT = "eqr-eval/1"
+RESULTS_FILE = "results.json"
+NOTES = ("B>1 figures count real puzzles only (the reference also counts the padding rows of the last test batch as "
+         "solved); token accuracy is pooled over labelled tokens.")
 
 RULE_TEXT = {
     "traj1": "trajectory 1 (B=1 answer)",
@@ -107,6 +120,72 @@ def _clean(value):
 
 def write_json(path: str, results: dict) -> None:
     atomic_write(path, (json.dumps(_clean(results), indent=2, default=str) + "\n").encode())
+
+
+def read_results(path: str) -> dict:
+    """A results.json written by write_outputs."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: not a readable results file ({e})") from None
+    if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
+        raise RunError(f"{path}: not an {RESULTS_FORMAT} results file")
+    return results
+
+
+def write_outputs(output_dir: str, name: str, config: dict, spec: GridSpec, counts, info: dict, identity: dict,
+                  wall: float, depth_seconds: list[float], device_name: str, shown: dict, pool: dict) -> dict:
+    """results.csv, the plots and drawn examples (config["plots"]; titled with the checkpoint's `name`), then
+    results.json; prints the table -> the results."""
+    cells, hist = spec.split(counts)
+    rows = build_rows(spec, cells, hist, depth_seconds)
+    puzzles = int(cells[0, 0, 0, 1])
+    d, b = spec.max_depth, spec.max_breadth
+    rule = spec.headline_rule(d, b)
+    head = find(rows, d, b, rule)
+    results = {
+        "format": RESULTS_FORMAT,
+        "headline": {"metric": "exact_accuracy", "depth": d, "breadth": b, "rule": rule,
+                     "description": rule_text(spec, rule), "accuracy": head["accuracy"],
+                     "correct": head["correct"], "total": head["total"]},
+        "checkpoint": {k: info[k] for k in ("uri", "source", "sha256", "format", "step", "ema")},
+        "data": {"path": identity["data_path"], "split": identity["split"], "puzzles": puzzles},
+        "config": config,
+        "grid": spec.to_dict(),
+        "rules": spec.rules,
+        "halt_rules": [dict(r.to_dict(), suffix=suffix, label=r.label) for r, suffix in zip(spec.halting_rules, spec.halt_suffixes)],
+        "cpu_time_s": pool.pop("cpu_time_s"),  # rank 0's CPU time in the loop (all threads), since a resume
+        "elastic": pool if spec.elastic else None,  # rank 0's pool: steps, slot_steps (rows run), busy_steps (rows with work)
+        "config_fingerprint": fingerprint(identity),
+        "identity": identity,
+        "world_size": identity["world_size"],
+        "device": device_name,
+        "wall_time_s": wall,
+        "puzzles_per_s": puzzles / wall if wall > 0 else None,
+        "time_to_depth_s": dict(zip(map(str, spec.depths), depth_seconds)),
+        "predictions": predictions.FILE_NAME if config["save_outputs"] else None,
+        "notes": NOTES,
+        "rows": rows,
+        "counts": {"fields": list(FIELDS), "cells": cells.tolist(), "pass_histograms": hist.tolist()},
+    }
+    extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
+             "pass_wall_time_s": wall}
+    os.makedirs(output_dir, exist_ok=True)
+    write_csv(os.path.join(output_dir, "results.csv"), rows, extra)
+    if config["plots"]:
+        write_plots(output_dir, spec, rows, name, puzzles)
+        cell = f"{name}: D={spec.max_depth} B={spec.max_breadth}, {rule_text(spec, rule)}"
+        for outcome in ("solved", "failed"):
+            if shown[outcome]:
+                render.save_examples_png(os.path.join(output_dir, f"examples_{outcome}.png"), shown["task"],
+                                         shown[outcome], f"{cell}: {outcome} puzzles")
+    # Last: results.json marks the folder finished, so a write that fails before it leaves a resumable sweep.
+    write_json(os.path.join(output_dir, RESULTS_FILE), results)
+    print(format_table(spec, rows, puzzles))
+    print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
+          f"{identity['world_size']} process(es); results in {output_dir}/")
+    return results
 
 
 def write_csv(path: str, rows: list[dict], extra: dict) -> None:

@@ -20,11 +20,6 @@ def prefix_sums(values: torch.Tensor, breadths: list[int]) -> torch.Tensor:
     return values.long().cumsum(1)[:, last]
 
 
-def convergence_scores(change_norms: torch.Tensor) -> torch.Tensor:
-    """change_norms [n, ...] (the last n per-step change norms) -> their mean; lower = more converged."""
-    return change_norms.mean(0)
-
-
 def convergence_order(scores: torch.Tensor, breadths: list[int], top_k: int) -> torch.Tensor:
     """scores [L, Bm] -> [L, nB, K] indices of the K lowest-scoring trajectories among the first B.
 

@@ -1,6 +1,6 @@
 """The recurrent reasoner: EqR, and TRM / feed-forward as configurations of it.
 
-One supervision step (SPEC "Model"):
+One supervision step:
     x = sqrt(hidden) * embed(inputs)
     repeat H_cycles times (all but the last without gradient):
         repeat L_cycles times: z_L = f(z_L, z_H + x)

@@ -54,13 +54,13 @@ DATA_SHAPES = {"data/sudoku-extreme-1k-aug-1000": (81, 11), "data/maze-30x30-uni
                "data/sudoku-cpu": (81, 11), "data/maze-cpu-11": (121, 6)}
 # (train batch, eval batch) per mode for the full-size presets on CPU; the *_cpu presets use their own.
 CPU_BATCH = {"quick": (2, 4), "full": (8, 16)}
-TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # issue 7; the MFU ones are for eqr_sudoku on CPU
+TARGETS = {"eval_mfu": 0.5, "train_mfu": 0.3, "startup_s": 10.0}  # the MFU ones are for eqr_sudoku on CPU
 EVAL_CELLS = ((16, 1), (64, 8))  # (depth, breadth) cells whose puzzles/s the benchmark reports
 # Elastic pool vs grid: (depth cap, eval batches fed through both) per mode, and the share of the first
 # batch's trajectories that the threshold, set from them, lets halt before the cap (a random model halts at no fixed one)
 ELASTIC = {"quick": (8, 3), "full": (64, 4)}
 ELASTIC_HALT_SHARE = 0.5
-# issue 14, on CUDA, for the default (compiled) path: MFU of the bf16 peak per preset, keyed draws' share of an eval step
+# On CUDA, for the default (compiled) path: MFU of the bf16 peak per preset, keyed draws' share of an eval step
 GPU_TARGETS = {"eqr_sudoku": 0.45, "eqr_maze_unique": 0.30, "keyed_rng_share": 0.05}
 
 
@@ -193,8 +193,8 @@ def block_flops(config: ModelConfig) -> int:
 def step_flops(config: ModelConfig) -> dict:
     """Per row: forward of one supervision step, and a training step (forward + backward of the last recursion).
 
-    SPEC's gradient rule: only the last of the H_cycles recursions (and the heads) carry a
-    gradient, and a backward costs twice its forward.
+    Only the last of the H_cycles recursions (and the heads) carries a gradient, and a backward
+    costs twice its forward.
     """
     heads = 2 * config.seq_len * config.hidden_size * config.vocab_size + 2 * config.hidden_size * 2
     block = block_flops(config)

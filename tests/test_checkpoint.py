@@ -17,7 +17,7 @@ from models.ema import EMA
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
 
-# Names and shapes of the authors' models, as listed in shared/REFERENCE_CHECKPOINT.md.
+# Names and shapes of the tensors in the authors' released eqr.pth files.
 SUDOKU_SHAPES = {
     "model.inner.embed_tokens.embedding_weight": (11, 512),
     "model.inner.lm_head.weight": (11, 512),

@@ -6,6 +6,7 @@ import os
 import pytest
 
 import diagnose
+from evaluation import sweep
 import launch as launcher
 from test_eval_grid import EQR, build_model, write_checkpoint, write_data
 
@@ -110,7 +111,7 @@ def test_bad_settings_end_with_one_line(checkpoint, tmp_path, capsys, arg, messa
 def test_killed_run_resumes_to_the_same_rows(checkpoint, tmp_path):
     base = [f"checkpoint={checkpoint}", "global_batch_size=2", "save_every_batches=2", "plots=false", *ARGS]
     killed = launcher.launch("diagnose.py", *base, f"output_dir={tmp_path / 'cut'}",
-                             env_extra={diagnose.KILL_AFTER_ENV: "3"})
+                             env_extra={sweep.KILL_AFTER_ENV: "3"})
     assert killed.returncode == -9  # SIGKILL after 3 of 5 batches; the partial rows cover the first 2
     assert os.listdir(tmp_path / "cut" / "partial") == ["rank0-of-1.pt"]
     refused = launcher.launch("diagnose.py", *base, f"output_dir={tmp_path / 'cut'}", "resume=true", "lyapunov_k=1")

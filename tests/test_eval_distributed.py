@@ -8,6 +8,7 @@ import pytest
 
 import evaluate
 import launch as launcher
+from evaluation import sweep
 from evaluation.predictions import read_predictions
 from test_eval_grid import EQR, TRM, build_model, write_checkpoint, write_data
 from test_predictions import check_against_results
@@ -66,7 +67,7 @@ def test_two_processes_equal_one_process_with_one_ranks_batch(checkpoints, tmp_p
 def test_killed_sweep_resumes_to_the_same_counts(checkpoints, tmp_path):
     checkpoint, data = checkpoints["eqr"]
     base = [f"checkpoint={checkpoint}", "global_batch_size=1", "save_every_batches=2", *GRID]
-    killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={evaluate.KILL_AFTER_ENV: "5"})
+    killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={sweep.KILL_AFTER_ENV: "5"})
     assert killed.returncode == -9  # SIGKILL after 5 of 7 batches; partial counts cover the first 4
     assert sorted(os.listdir(tmp_path / "cut" / "partial")) == [  # counts and predictions of batches 0-3
         "predictions-rank0-of-1-batches00000000-00000002.npz", "predictions-rank0-of-1-batches00000002-00000004.npz",
@@ -103,7 +104,7 @@ def test_elastic_pool_two_processes_and_a_killed_run_equal_one_uninterrupted_pro
     assert sharded["world_size"] == 2 and sharded["counts"] == single["counts"] and sharded["rows"] == single["rows"]
 
     base = [f"checkpoint={checkpoint}", "global_batch_size=1", "save_every_batches=2", *ELASTIC]
-    killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={evaluate.KILL_AFTER_ENV: "5"})
+    killed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", env_extra={sweep.KILL_AFTER_ENV: "5"})
     assert killed.returncode == -9 and os.listdir(tmp_path / "cut" / "partial") == ["rank0-of-1.pt"]
     resumed = launch(1, *base, f"output_dir={tmp_path / 'cut'}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

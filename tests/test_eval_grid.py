@@ -14,7 +14,8 @@ from evaluation.grid import FIELDS, GridSpec, row_keys, run_batch
 from evaluation.keyed_rng import KeyedSampler
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.layers import trunc_normal_
-from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from models.losses import ACTLossHead
+from utils.constants import IGNORE_LABEL_ID
 from utils.files import atomic_save
 
 # Small init std and larger noise: trajectories differ, yet often agree, so every rule has something to pick.

@@ -8,8 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OWNERS = {
     "utils/checkpoint.py": "checkpoints: a run's shards, shipped copies, the authors' files",
     "utils/files.py": "atomic_save itself, which the owners here write with",
-    "evaluation/grid.py": "the sweep's partial files, partial/rank<r>-of-<n>.pt",
-    "diagnose.py": "the diagnostics sweep's partial files",
+    "evaluation/sweep.py": "the partial files of the grid's, the elastic pool's and the diagnostics' sweeps",
     "evaluation/predictions.py": "predictions.npz and its chunks in partial/",
 }
 RAW_CALLS = ("torch.load", "torch.save", "torch.serialization.load", "torch.serialization.save", "atomic_save")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.common import (IGNORE_LABEL_ID, DatasetError, PuzzleDatasetMetadata, load_metadata, load_split,
-                            write_dataset)
+from dataset.common import DatasetError, PuzzleDatasetMetadata, load_metadata, load_split, write_dataset
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches, num_test_batches
+from utils.constants import IGNORE_LABEL_ID
 from tests.data_fixtures import SUDOKU_AUG, array_path, copy_dataset, maze_dir, sudoku_dir  # noqa: F401 (fixtures)
 
 

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from models.eqr import ModelConfig, RecurrentReasoner
-from models.losses import IGNORE_LABEL_ID, ACTLossHead, log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
+from models.losses import ACTLossHead, log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
+from utils.constants import IGNORE_LABEL_ID
 
 
 def stablemax_by_hand(row):

@@ -17,3 +17,7 @@ class RunError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""
+
+
+class DatasetError(Exception):
+    """Bad dataset or builder input; the message is one line naming the file/key and the expectation."""

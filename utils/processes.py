@@ -1,6 +1,6 @@
 """Which process runs on which device: the one place that maps torchrun's ranks to devices.
 
-Both entry points (pretrain.py, evaluate.py) call `setup_processes`. torchrun sets RANK,
+Every entry point calls `setup_processes` (through utils/entry.py). torchrun sets RANK,
 WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; without them this is one process. On CUDA
 process i of a node takes cuda:<LOCAL_RANK>, so a node needs at least as many visible GPUs
 as processes; anything that cannot work is refused before a process group exists, so no

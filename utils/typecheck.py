@@ -8,6 +8,14 @@ from dataclasses import fields
 from utils.errors import ConfigError
 
 
+def from_config(cls, cfg: dict, config_file: str, what: str = "config key"):
+    """cls(**cfg), refusing first a key that is not one of its fields (the known keys are in `config_file`)."""
+    unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown {what} (see {config_file} for the known keys)")
+    return cls(**cfg)
+
+
 def check_types(instance, prefix: str = "") -> None:
     """Every field must match its annotation: bool is only true/false, int is not a bool, float also takes
     an int, `X | None` takes null. Raises ConfigError naming `prefix + field`."""

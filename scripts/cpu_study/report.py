@@ -11,6 +11,7 @@ import re
 
 from cpu_study import study
 from cpu_study.runner import load_ledger, shown
+from evaluation.report import RESULTS_FILE, read_results
 from utils.errors import RunError
 
 TEMPLATE = "docs/cpu_reproduction.template.md"
@@ -50,8 +51,7 @@ def run_record(run: study.Run) -> dict:
 
 
 def sweep_record(sweep: study.Sweep) -> dict:
-    with open(f"{sweep.path}/results.json") as f:
-        res = json.load(f)
+    res = read_results(os.path.join(sweep.path, RESULTS_FILE))
     rows = [{k: r[k] for k in SWEEP_KEYS} for r in res["rows"]]
     return {"run": sweep.run, "puzzles": rows[0]["total"], "rows": rows, "eval_wall_time_s": round(res["wall_time_s"], 1)}
 

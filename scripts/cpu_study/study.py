@@ -76,7 +76,7 @@ DATASETS = {
 
 # Arms: Sudoku at D=16 in bfloat16 (the construction path and the first RI/NI ablation), mazes at D=4
 # (at D=16 no 11x11 maze model got past 3% of the test mazes, docs), and Sudoku again at D=4 in
-# float32, where the training log and evaluate.py agree (issue 16; no bf16 units on this CPU: 10x faster).
+# float32, where the training log and evaluate.py agree (no bf16 units on this CPU: 10x faster).
 ARMS = {"sudoku": "Sudoku, trained at D=16, bfloat16", "maze": "Maze 11x11, trained at D=4, bfloat16",
         "sudoku-d4": "Sudoku, trained at D=4, float32"}
 D16, D4, F32 = "arch.halt_max_steps=16", "arch.halt_max_steps=4", "arch.forward_dtype=float32"
