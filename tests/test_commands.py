@@ -150,3 +150,14 @@ def test_a_worker_child_holding_stderr_does_not_hold_the_launch_open(tmp_path):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert launch.returncode == 2
     assert err.splitlines() == ["error: a bad input"]
+
+
+def test_a_launch_from_a_python_without_torch_says_so_in_one_line():
+    """scripts/train.sh run with a `python` that lacks torch (the venv not activated): one line that says what is
+    missing and how to get it, not a silent exit 1."""
+    probe = ("import sys; sys.modules['torch'] = None\n"  # what a Python without torch finds
+             "from utils import torchrun; sys.exit(torchrun.main(['--standalone', 'pretrain.py']))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: torch") and "not installed for" in line and ". .venv/bin/activate" in line
