@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import threading
+import traceback
 
 LOG_LINE = re.compile(rb"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
 
@@ -58,7 +59,14 @@ def main(argv: list[str]) -> int:
         status = 1
         try:
             status = launch(argv)
+        except ModuleNotFoundError as e:  # os._exit below would drop the traceback: say it in one line
+            print(f"error: {e.name or e}: not installed for {sys.executable}; activate the project's venv "
+                  f"(. .venv/bin/activate) or pip install -r requirements.txt", file=sys.stderr)
+            status = 2
+        except BaseException:
+            traceback.print_exc()
         finally:
+            sys.stderr.flush()
             os._exit(status)
     os.close(write_end)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))  # a scheduler's stop reaches torchrun
