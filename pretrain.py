@@ -57,7 +57,7 @@ from utils.processes import (StopRequests, broadcast, close_processes, exit_proc
 from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
                               write_shard)
-from utils.typecheck import check_range, check_types
+from utils.typecheck import at_least, check_fields, choice, must, positive, ranged
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
@@ -66,7 +66,8 @@ METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps"
 
 @dataclass
 class TrainConfig:
-    """Top-level keys of config/cfg_pretrain.yaml; `arch` and `dataset` are checked separately."""
+    """Top-level keys of config/cfg_pretrain.yaml, in its order (that of the saved config.yaml); `arch` and
+    `dataset` are checked separately."""
     arch: dict
     dataset: dict
     project_name: str
@@ -75,50 +76,31 @@ class TrainConfig:
     resume: bool
     seed: int
     device: str | None
-    data_path: str
-    global_batch_size: int
-    epochs: int
-    max_steps: int | None
-    lr: float
-    lr_min_ratio: float
-    lr_warmup_steps: int
-    beta1: float
-    beta2: float
-    weight_decay: float
+    data_path: str = must(lambda v: v != "", "a dataset folder")
+    global_batch_size: int = positive()
+    epochs: int = positive()
+    max_steps: int | None = positive()
+    lr: float = ranged(0, low_open=True)
+    lr_min_ratio: float = ranged(0, 1)
+    lr_warmup_steps: int = at_least(0)
+    beta1: float = ranged(0, 1, high_open=True)
+    beta2: float = ranged(0, 1, high_open=True)
+    weight_decay: float = ranged(0)
     ema: bool
-    ema_rate: float
-    log_interval_steps: int
-    eval_interval_steps: int | None
-    eval_max_examples: int | None
-    eval_batch_size: int | None
-    checkpoint_interval_steps: int | None
+    ema_rate: float = ranged(0, 1, high_open=True)
+    log_interval_steps: int = positive()
+    eval_interval_steps: int | None = positive()
+    eval_max_examples: int | None = positive()
+    eval_batch_size: int | None = positive()
+    early_stop_patience: int | None = positive()
+    checkpoint_interval_steps: int | None = positive()
+    checkpoint_keep: int | None = positive()
+    threads: int | None = positive()
     compile: bool | None
-    wandb_mode: str | None
-    threads: int | None
-    checkpoint_keep: int | None
-    early_stop_patience: int | None
+    wandb_mode: str | None = choice("online", "offline", "disabled")
 
     def __post_init__(self):
-        check_types(self)
-        check_range("", "lr", self.lr, low=0, low_open=True)
-        check_range("", "lr_min_ratio", self.lr_min_ratio, 0, 1)
-        for key in ("beta1", "beta2", "ema_rate"):
-            check_range("", key, getattr(self, key), 0, 1, high_open=True)
-        check_range("", "weight_decay", self.weight_decay, low=0)
-        for key in ("global_batch_size", "epochs", "log_interval_steps"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
-        for key in ("max_steps", "eval_interval_steps", "eval_max_examples", "eval_batch_size", "checkpoint_interval_steps",
-                    "threads", "checkpoint_keep", "early_stop_patience"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
-        if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
-            raise ConfigError(f"lr_warmup_steps: expected an integer >= 0, got {self.lr_warmup_steps!r}")
-        if not isinstance(self.data_path, str) or not self.data_path:
-            raise ConfigError(f"data_path: expected a dataset folder, got {self.data_path!r}")
-        if self.wandb_mode not in (None, "online", "offline", "disabled"):
-            raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
+        check_fields(self)
         if self.resume and not self.run_name and not self.checkpoint_path:
             raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
         unknown = sorted(set(self.dataset) - {"name", "data_path"})
