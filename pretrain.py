@@ -30,7 +30,7 @@ import inspect
 import os
 import random
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -51,13 +51,13 @@ from models.losses import LOSSES, ACTLossHead, summarize_metrics
 from models.optim import lr_at, make_optimizer
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, os_error_line, remove_stale_temp_files
-from utils.network import reachable
 from utils.processes import (StopRequests, broadcast, close_processes, exit_process, free_memory,
                              resolve_forward_dtype, report_error, setup_processes)
-from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, append_metrics, intact_checkpoint, latest_checkpoint,
+from utils.run_folder import (CHECKPOINT_FORMAT, RunLock, intact_checkpoint, latest_checkpoint,
                               point_latest, prune_checkpoints, read_metrics, shard_name, truncate_metrics,
                               write_shard)
 from utils.typecheck import at_least, check_fields, choice, must, positive, ranged
+from utils.wandb_logger import Logger
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
@@ -116,6 +116,12 @@ def parse_train_config(cfg: dict) -> TrainConfig:
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown config key (see config/cfg_pretrain.yaml for the known keys)")
     return TrainConfig(**cfg)
+
+
+def saved_config(tc: TrainConfig, model_config: ModelConfig) -> dict:
+    """What a run saves (config.yaml, each checkpoint's `config`): the keys of tc in cfg_pretrain.yaml's order,
+    `arch` holding every ModelConfig field (seq_len/vocab_size from the dataset, forward_dtype resolved)."""
+    return {**asdict(tc), "arch": {**tc.arch, **model_config.to_dict()}}
 
 
 def model_config_for(arch: dict, data_path: str) -> ModelConfig:
@@ -279,81 +285,22 @@ def load_checkpoint(path, cfg, head, ema, optimizer, loader, device, rank, world
     return ckpt["step"], own["carry"], own["rng"]
 
 
-# ----------------------------------------------------------------------------- logging
-
-class Logger:
-    """metrics.jsonl in the run folder, plus W&B when it can be started (never required)."""
-
-    def __init__(self, run_dir: str, cfg: dict, run_name: str):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.wandb = None
-        mode = cfg["wandb_mode"] or os.environ.get("WANDB_MODE")
-        if mode is None:
-            mode = "online" if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb() else "offline"
-        if mode == "disabled":
-            return
-        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        if mode == "online" and not reachable(server):
-            tqdm.write(f"warning: the W&B server {server} cannot be reached; logging to W&B offline "
-                       f"(`wandb sync {run_dir}/wandb/offline-run-*` uploads it later)", file=sys.stderr)
-            mode = "offline"
-        try:
-            import wandb
-            self.wandb = wandb.init(project=cfg["project_name"], name=run_name, id=_wandb_id(run_name), resume="allow",
-                                    dir=run_dir, mode=mode, config=cfg, settings=wandb.Settings(init_timeout=10))
-        except Exception as e:
-            self.warn(f"wandb could not start ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                      f"logging to {self.path} only")
-
-    def warn(self, message: str) -> None:
-        tqdm.write(f"warning: {message}", file=sys.stderr)
-        self.wandb = None
-
-    def log(self, metrics: dict) -> None:
-        append_metrics(self.path, metrics)
-        if self.wandb is not None:
-            try:
-                self.wandb.log(metrics, step=metrics["step"])
-            except Exception as e:
-                self.warn(f"wandb.log failed ({type(e).__name__}); W&B logging is off for the rest of the run")
-
-    def finish(self) -> None:
-        if self.wandb is not None:
-            try:
-                self.wandb.finish()
-            except Exception:
-                pass
-
-
-def _netrc_has_wandb() -> bool:
-    path = os.path.expanduser("~/.netrc")
-    try:
-        with open(path) as f:
-            return "api.wandb.ai" in f.read()
-    except OSError:
-        return False
-
-
-def _wandb_id(run_name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_name)[:64]
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(inner, cfg: dict, device, rank: int, world_size: int) -> dict:
+def evaluate(inner, tc: TrainConfig, device, rank: int, world_size: int) -> dict:
     """The evaluator's cell D = halt_max_steps, B = 1 (evaluation/grid.py) on the first eval_max_examples test
     examples: each rank counts its share, the counts are summed. Torch's generator is forked and seeded
     `seed + rank`, so that training's random streams go on undisturbed."""
     spec = GridSpec((inner.config.halt_max_steps,), (1,), inner.config.blocks_per_step)
     counts = torch.zeros(len(FIELDS), dtype=torch.long, device=device)
-    batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
-    puzzles = num_test_examples(cfg["data_path"], "test", cfg["eval_max_examples"])
+    batch_size = tc.eval_batch_size or tc.global_batch_size
+    puzzles = num_test_examples(tc.data_path, "test", tc.eval_max_examples)
     bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{spec.max_depth}", leave=False, disable=rank != 0,
                dynamic_ncols=True)
     with bar, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg["seed"] + rank)
-        for batch in iter_test_batches(cfg["data_path"], batch_size, rank, world_size, max_examples=cfg["eval_max_examples"]):
+        torch.manual_seed(tc.seed + rank)
+        for batch in iter_test_batches(tc.data_path, batch_size, rank, world_size, max_examples=tc.eval_max_examples):
             cells = run_batch(inner.eval(), to_device(batch, device), spec, TORCH_SAMPLER)[0]
             counts += cells[0, 0, spec.rules.index("traj1")]
             bar.update(min(batch_size, puzzles - bar.n))
@@ -401,23 +348,23 @@ def train(cfg: dict, config_name: str, typed: set[str] = frozenset()) -> None:
     processes = setup_processes(tc.device, tc.threads)
     try:
         with contextlib.ExitStack() as cleanup, StopRequests() as stop:
-            _train(cfg, tc, config_name, processes, cleanup, stop, typed)
+            _train(tc, config_name, processes, cleanup, stop, typed)
     finally:
         close_processes(processes)
 
 
-def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
+def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
            stop: StopRequests, typed: set[str]) -> None:
     device, rank, world_size = processes.device, processes.rank, processes.world_size
     if tc.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
     if (tc.eval_batch_size or tc.global_batch_size) % world_size:
         raise ConfigError(f"eval_batch_size: {tc.eval_batch_size} does not split over {world_size} processes")
-    if "forward_dtype" in cfg["arch"]:  # `auto` resolved here, so that the checkpoint says which it was
-        cfg["arch"]["forward_dtype"] = resolve_forward_dtype(cfg["arch"]["forward_dtype"], device, world_size,
-                                                             "arch.forward_dtype" in typed, "arch.forward_dtype")
-    model_config = model_config_for(cfg["arch"], tc.data_path)
-    cfg["arch"] = {**cfg["arch"], **model_config.to_dict()}  # every ModelConfig field, seq_len/vocab_size included
+    arch = tc.arch
+    if "forward_dtype" in arch:  # `auto` resolved here, so that the checkpoint says which it was
+        arch = {**arch, "forward_dtype": resolve_forward_dtype(arch["forward_dtype"], device, world_size,
+                                                                "arch.forward_dtype" in typed, "arch.forward_dtype")}
+    model_config = model_config_for(arch, tc.data_path)
     check_model_fits(model_config, tc, world_size, device)
     loader = TrainLoader(tc.data_path, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)
     total_steps = tc.epochs * max(loader.steps_per_epoch, 1)
@@ -428,9 +375,10 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         check_test_split(tc.data_path)
 
     # Run folder: every rank needs the same name, and the default one holds a timestamp.
-    run_name = tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_name = broadcast(run_name, world_size)
-    cfg["run_name"] = run_name
+    named = tc.run_name or tc.checkpoint_path  # else a stopped run is resumed with run_name=<this one's>
+    run_name = broadcast(tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}", world_size)
+    tc = replace(tc, arch=arch, run_name=run_name)
+    cfg = saved_config(tc, model_config)
     run_dir = tc.checkpoint_path or os.path.join("checkpoints", tc.project_name, run_name)
     claim_run_folder(run_dir, rank, world_size, cleanup)
     latest = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
@@ -446,7 +394,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     # Identical initial weights on every rank; then a separate random stream per rank.
     seed_everything(tc.seed)
     model = RecurrentReasoner(model_config).to(device)
-    head = ACTLossHead(model, cfg["arch"]["loss"]["loss_type"]).to(device)
+    head = ACTLossHead(model, tc.arch["loss"]["loss_type"]).to(device)
     optimizer, ema = optimizer_and_ema(head, tc)
     eval_head = copy.deepcopy(head) if tc.eval_interval_steps and has_test else None
     seed_everything(tc.seed + rank)
@@ -475,7 +423,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         atomic_write(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
         if resume_from is not None:
             truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), step)
-        logger = Logger(run_dir, cfg, run_name)
+        logger = Logger(run_dir, tc.project_name, run_name, tc.wandb_mode, cfg)
         cleanup.callback(logger.finish)
         params = sum(p.numel() for p in head.parameters())
         print(f"run {run_dir}: {params / 1e6:.2f}M parameters in {model_config.forward_dtype}, {total_steps} steps "
@@ -502,7 +450,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         eval_head.load_state_dict(head.state_dict())
         if ema is not None:
             ema.copy_to(eval_head)
-        results = evaluate(eval_head.model.inner, cfg, device, rank, world_size)
+        results = evaluate(eval_head.model.inner, tc, device, rank, world_size)
         history.append((step, results["eval/exact_accuracy"]))
         if rank == 0:
             logger.log({"step": step, **results})
@@ -561,7 +509,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
                   f"evaluations (best {best:.4f} at step {best_step}): {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
         elif stopping and step < total_steps:
             print(f"stopped by {stop.signal_name} after step {step}: {run_dir}/{shard_name(step, 0)} written; continue with "
-                  f"the same command plus resume=true" + ("" if tc.run_name or tc.checkpoint_path else f" run_name={run_name}"),
+                  f"the same command plus resume=true" + ("" if named else f" run_name={run_name}"),
                   file=sys.stderr)
         else:
             print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
