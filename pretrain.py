@@ -29,7 +29,7 @@ import inspect
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -52,10 +52,10 @@ from utils.checkpoint import (intact_checkpoint, latest_checkpoint, load_checkpo
 from utils.entry import run_entry
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, remove_stale_temp_files
-from utils.network import reachable
 from utils.processes import StopRequests, broadcast, exit_process, free_memory, resolve_forward_dtype
-from utils.run_folder import RunLock, append_metrics, read_metrics, truncate_metrics
-from utils.typecheck import check_range, check_types, from_config
+from utils.run_folder import RunLock, read_metrics, truncate_metrics
+from utils.typecheck import at_least, check_fields, choice, from_config, must, positive, ranged
+from utils.wandb_logger import Logger
 
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
@@ -64,7 +64,8 @@ METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps"
 
 @dataclass
 class TrainConfig:
-    """Top-level keys of config/cfg_pretrain.yaml; `arch` and `dataset` are checked separately."""
+    """Top-level keys of config/cfg_pretrain.yaml, in its order (that of the saved config.yaml); `arch` and
+    `dataset` are checked separately."""
     arch: dict
     dataset: dict
     project_name: str
@@ -73,50 +74,31 @@ class TrainConfig:
     resume: bool
     seed: int
     device: str | None
-    data_path: str
-    global_batch_size: int
-    epochs: int
-    max_steps: int | None
-    lr: float
-    lr_min_ratio: float
-    lr_warmup_steps: int
-    beta1: float
-    beta2: float
-    weight_decay: float
+    data_path: str = must(lambda v: v != "", "a dataset folder")
+    global_batch_size: int = positive()
+    epochs: int = positive()
+    max_steps: int | None = positive()
+    lr: float = ranged(0, low_open=True)
+    lr_min_ratio: float = ranged(0, 1)
+    lr_warmup_steps: int = at_least(0)
+    beta1: float = ranged(0, 1, high_open=True)
+    beta2: float = ranged(0, 1, high_open=True)
+    weight_decay: float = ranged(0)
     ema: bool
-    ema_rate: float
-    log_interval_steps: int
-    eval_interval_steps: int | None
-    eval_max_examples: int | None
-    eval_batch_size: int | None
-    checkpoint_interval_steps: int | None
+    ema_rate: float = ranged(0, 1, high_open=True)
+    log_interval_steps: int = positive()
+    eval_interval_steps: int | None = positive()
+    eval_max_examples: int | None = positive()
+    eval_batch_size: int | None = positive()
+    early_stop_patience: int | None = positive()
+    checkpoint_interval_steps: int | None = positive()
+    checkpoint_keep: int | None = positive()
+    threads: int | None = positive()
     compile: bool | None
-    wandb_mode: str | None
-    threads: int | None
-    checkpoint_keep: int | None
-    early_stop_patience: int | None
+    wandb_mode: str | None = choice("online", "offline", "disabled")
 
     def __post_init__(self):
-        check_types(self)
-        check_range("", "lr", self.lr, low=0, low_open=True)
-        check_range("", "lr_min_ratio", self.lr_min_ratio, 0, 1)
-        for key in ("beta1", "beta2", "ema_rate"):
-            check_range("", key, getattr(self, key), 0, 1, high_open=True)
-        check_range("", "weight_decay", self.weight_decay, low=0)
-        for key in ("global_batch_size", "epochs", "log_interval_steps"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
-        for key in ("max_steps", "eval_interval_steps", "eval_max_examples", "eval_batch_size", "checkpoint_interval_steps",
-                    "threads", "checkpoint_keep", "early_stop_patience"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
-        if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
-            raise ConfigError(f"lr_warmup_steps: expected an integer >= 0, got {self.lr_warmup_steps!r}")
-        if not isinstance(self.data_path, str) or not self.data_path:
-            raise ConfigError(f"data_path: expected a dataset folder, got {self.data_path!r}")
-        if self.wandb_mode not in (None, "online", "offline", "disabled"):
-            raise ConfigError(f"wandb_mode: expected online, offline, disabled or null, got {self.wandb_mode!r}")
+        check_fields(self)
         if self.resume and not self.run_name and not self.checkpoint_path:
             raise ConfigError("resume: needs run_name (or checkpoint_path) to know which run to continue")
         unknown = sorted(set(self.dataset) - {"name", "data_path"})
@@ -128,6 +110,12 @@ class TrainConfig:
 
 def parse_train_config(cfg: dict) -> TrainConfig:
     return from_config(TrainConfig, cfg, "config/cfg_pretrain.yaml")
+
+
+def saved_config(tc: TrainConfig, model_config: ModelConfig) -> dict:
+    """What a run saves (config.yaml, each checkpoint's `config`): the keys of tc in cfg_pretrain.yaml's order,
+    `arch` holding every ModelConfig field (seq_len/vocab_size from the dataset, forward_dtype resolved)."""
+    return {**asdict(tc), "arch": {**tc.arch, **model_config.to_dict()}}
 
 
 def model_config_for(arch: dict, data_path: str) -> ModelConfig:
@@ -190,81 +178,24 @@ def to_device(tree, device):
     return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
 
 
-# ----------------------------------------------------------------------------- logging
-
-class Logger:
-    """metrics.jsonl in the run folder, plus W&B when it can be started (never required)."""
-
-    def __init__(self, run_dir: str, cfg: dict, run_name: str):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.wandb = None
-        mode = cfg["wandb_mode"] or os.environ.get("WANDB_MODE")
-        if mode is None:
-            mode = "online" if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb() else "offline"
-        if mode == "disabled":
-            return
-        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        if mode == "online" and not reachable(server):
-            tqdm.write(f"warning: the W&B server {server} cannot be reached; logging to W&B offline "
-                       f"(`wandb sync {run_dir}/wandb/offline-run-*` uploads it later)", file=sys.stderr)
-            mode = "offline"
-        try:
-            import wandb
-            self.wandb = wandb.init(project=cfg["project_name"], name=run_name, id=_wandb_id(run_name), resume="allow",
-                                    dir=run_dir, mode=mode, config=cfg, settings=wandb.Settings(init_timeout=10))
-        except Exception as e:
-            self.warn(f"wandb could not start ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                      f"logging to {self.path} only")
-
-    def warn(self, message: str) -> None:
-        tqdm.write(f"warning: {message}", file=sys.stderr)
-        self.wandb = None
-
-    def log(self, metrics: dict) -> None:
-        append_metrics(self.path, metrics)
-        if self.wandb is not None:
-            try:
-                self.wandb.log(metrics, step=metrics["step"])
-            except Exception as e:
-                self.warn(f"wandb.log failed ({type(e).__name__}); W&B logging is off for the rest of the run")
-
-    def finish(self) -> None:
-        if self.wandb is not None:
-            try:
-                self.wandb.finish()
-            except Exception:
-                pass
-
-
-def _netrc_has_wandb() -> bool:
-    path = os.path.expanduser("~/.netrc")
-    try:
-        with open(path) as f:
-            return "api.wandb.ai" in f.read()
-    except OSError:
-        return False
-
-
-def _wandb_id(run_name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_name)[:64]
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(inner, cfg: dict, device, rank: int, world_size: int) -> dict:
+def evaluate(inner, tc: TrainConfig, device, rank: int, world_size: int) -> dict:
     """The evaluator's cell D = halt_max_steps, B = 1 (evaluation/grid.py) on the first eval_max_examples test
     examples: each rank counts its share, the counts are summed. Torch's generator is forked and seeded
     `seed + rank`, so that training's random streams go on undisturbed."""
     spec = GridSpec((inner.config.halt_max_steps,), (1,), inner.config.blocks_per_step)
     counts = torch.zeros(len(FIELDS), dtype=torch.long, device=device)
-    batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
-    puzzles = num_test_examples(cfg["data_path"], "test", cfg["eval_max_examples"])
+    batch_size = tc.eval_batch_size or tc.global_batch_size
+    puzzles = num_test_examples(tc.data_path, "test", tc.eval_max_examples)
     bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{spec.max_depth}", leave=False, disable=rank != 0,
                dynamic_ncols=True)
     with bar, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg["seed"] + rank)
-        for batch in iter_test_batches(cfg["data_path"], batch_size, rank, world_size, max_examples=cfg["eval_max_examples"]):
+        torch.manual_seed(tc.seed + rank)
+        for batch in iter_test_batches(tc.data_path, batch_size, rank, world_size, max_examples=tc.eval_max_examples):
             cells = run_batch(inner.eval(), to_device(batch, device), spec, TORCH_SAMPLER)[0]
             counts += cells[0, 0, spec.rules.index("traj1")]
             bar.update(min(batch_size, puzzles - bar.n))
@@ -306,24 +237,24 @@ def train_step(step: int, carry: Carry | None, batch: dict, head: ACTLossHead, o
     return carry, metrics, grad_norm, finite, lr
 
 
-def train(cfg: dict, tc: TrainConfig, config_name: str, typed: set[str], processes) -> None:
+def train(tc: TrainConfig, config_name: str, typed: set[str], processes) -> None:
     """`typed`: the keys set on the command line (a preset's bfloat16 on a CPU without bf16 units becomes float32)."""
     with contextlib.ExitStack() as cleanup, StopRequests() as stop:
-        _train(cfg, tc, config_name, processes, cleanup, stop, typed)
+        _train(tc, config_name, processes, cleanup, stop, typed)
 
 
-def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
+def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.ExitStack,
            stop: StopRequests, typed: set[str]) -> None:
     device, rank, world_size = processes.device, processes.rank, processes.world_size
     if tc.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
     if (tc.eval_batch_size or tc.global_batch_size) % world_size:
         raise ConfigError(f"eval_batch_size: {tc.eval_batch_size} does not split over {world_size} processes")
-    if "forward_dtype" in cfg["arch"]:  # `auto` resolved here, so that the checkpoint says which it was
-        cfg["arch"]["forward_dtype"] = resolve_forward_dtype(cfg["arch"]["forward_dtype"], device, world_size,
-                                                             "arch.forward_dtype" in typed, "arch.forward_dtype")
-    model_config = model_config_for(cfg["arch"], tc.data_path)
-    cfg["arch"] = {**cfg["arch"], **model_config.to_dict()}  # every ModelConfig field, seq_len/vocab_size included
+    arch = tc.arch
+    if "forward_dtype" in arch:  # `auto` resolved here, so that the checkpoint says which it was
+        arch = {**arch, "forward_dtype": resolve_forward_dtype(arch["forward_dtype"], device, world_size,
+                                                                "arch.forward_dtype" in typed, "arch.forward_dtype")}
+    model_config = model_config_for(arch, tc.data_path)
     check_model_fits(model_config, tc, world_size, device)
     loader = TrainLoader(tc.data_path, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)
     total_steps = tc.epochs * max(loader.steps_per_epoch, 1)
@@ -334,9 +265,10 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         check_test_split(tc.data_path)
 
     # Run folder: every rank needs the same name, and the default one holds a timestamp.
-    run_name = tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_name = broadcast(run_name, world_size)
-    cfg["run_name"] = run_name
+    named = tc.run_name or tc.checkpoint_path  # else a stopped run is resumed with run_name=<this one's>
+    run_name = broadcast(tc.run_name or f"{os.path.basename(config_name)}-{time.strftime('%Y%m%d-%H%M%S')}", world_size)
+    tc = replace(tc, arch=arch, run_name=run_name)
+    cfg = saved_config(tc, model_config)
     run_dir = tc.checkpoint_path or os.path.join("checkpoints", tc.project_name, run_name)
     claim_run_folder(run_dir, rank, world_size, cleanup)
     latest = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
@@ -352,7 +284,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
     # Identical initial weights on every rank; then a separate random stream per rank.
     seed_everything(tc.seed)
     model = RecurrentReasoner(model_config).to(device)
-    head = ACTLossHead(model, cfg["arch"]["loss"]["loss_type"]).to(device)
+    head = ACTLossHead(model, tc.arch["loss"]["loss_type"]).to(device)
     optimizer, ema = optimizer_and_ema(head, tc)
     eval_head = copy.deepcopy(head) if tc.eval_interval_steps and has_test else None
     seed_everything(tc.seed + rank)
@@ -381,7 +313,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         atomic_write(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
         if resume_from is not None:
             truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), step)
-        logger = Logger(run_dir, cfg, run_name)
+        logger = Logger(run_dir, tc.project_name, run_name, tc.wandb_mode, cfg)
         cleanup.callback(logger.finish)
         params = sum(p.numel() for p in head.parameters())
         print(f"run {run_dir}: {params / 1e6:.2f}M parameters in {model_config.forward_dtype}, {total_steps} steps "
@@ -408,7 +340,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
         eval_head.load_state_dict(head.state_dict())
         if ema is not None:
             ema.copy_to(eval_head)
-        results = evaluate(eval_head.model.inner, cfg, device, rank, world_size)
+        results = evaluate(eval_head.model.inner, tc, device, rank, world_size)
         history.append((step, results["eval/exact_accuracy"]))
         if rank == 0:
             logger.log({"step": step, **results})
@@ -467,7 +399,7 @@ def _train(cfg: dict, tc: TrainConfig, config_name: str, processes, cleanup: con
                   f"evaluations (best {best:.4f} at step {best_step}): {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
         elif stopping and step < total_steps:
             print(f"stopped by {stop.signal_name} after step {step}: {run_dir}/{shard_name(step, 0)} written; continue with "
-                  f"the same command plus resume=true" + ("" if tc.run_name or tc.checkpoint_path else f" run_name={run_name}"),
+                  f"the same command plus resume=true" + ("" if named else f" run_name={run_name}"),
                   file=sys.stderr)
         else:
             print(f"done: {run_dir}/{shard_name(step, 0)}", file=sys.stderr)
@@ -515,16 +447,14 @@ def claim_run_folder(run_dir: str, rank: int, world_size: int, cleanup: contextl
 
 
 def main(argv: list[str] | None = None) -> int:
-    composed = {}  # what configure composed, for the run
+    composed = {}  # what configure saw, for the run
 
     def configure(config_name: str, overrides: list[str]) -> TrainConfig:
-        composed.update(cfg=compose_train_config(config_name, overrides), config_name=config_name,
-                        typed=typed_keys("train", overrides))
-        return parse_train_config(composed["cfg"])
+        composed.update(config_name=config_name, typed=typed_keys("train", overrides))
+        return parse_train_config(compose_train_config(config_name, overrides))
 
     return run_entry(argv, lambda args: help_text(__doc__, args, "cfg_pretrain", HELP_PRESETS), configure,
-                     lambda tc, processes: train(composed.pop("cfg"), tc, processes=processes, **composed),
-                     config_name="cfg_pretrain")
+                     lambda tc, processes: train(tc, processes=processes, **composed), config_name="cfg_pretrain")
 
 
 if __name__ == "__main__":

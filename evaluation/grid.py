@@ -33,17 +33,22 @@ from models import halting
 from models.halting import HaltRule
 from utils.constants import IGNORE_LABEL_ID
 from utils.errors import ConfigError
+from utils.typecheck import check_fields, must, positive
 
 FIELDS = ("correct", "total", "token_correct", "token_total", "nfe")
 
 
+def _increasing(values) -> bool:
+    return bool(values) and all(isinstance(v, int) and v >= 1 for v in values) and list(values) == sorted(set(values))
+
+
 @dataclass(frozen=True)
 class GridSpec:
-    depths: tuple[int, ...]
-    breadths: tuple[int, ...]
-    blocks_per_step: int
-    top_k: int = 1  # cumulative top-k-by-convergence curve up to k = min(top_k, B)
-    window: int = 3  # convergence score: mean change norm over the last `window` steps
+    depths: tuple[int, ...] = must(_increasing, "increasing positive integers", got=list)
+    breadths: tuple[int, ...] = must(_increasing, "increasing positive integers", got=list)
+    blocks_per_step: int = positive()
+    top_k: int = positive(1)  # cumulative top-k-by-convergence curve up to k = min(top_k, B)
+    window: int = positive(3)  # convergence score: mean change norm over the last `window` steps
     halt: bool = False  # also report the answers of halting rules: halt_rules, else q > halt_threshold alone
     halt_threshold: float = 0.0
     fresh_init_std: float | None = None  # set for fixed-init models: B > 1 trajectories start from fresh draws
@@ -51,13 +56,7 @@ class GridSpec:
     elastic: bool = False  # evaluation/pool.py's counts: the halting rules only, at the one depth cap
 
     def __post_init__(self):
-        for key in ("depths", "breadths"):
-            values = getattr(self, key)
-            if not values or any(not isinstance(v, int) or v < 1 for v in values) or list(values) != sorted(set(values)):
-                raise ConfigError(f"{key}: expected increasing positive integers, got {list(values)}")
-        for key in ("top_k", "window", "blocks_per_step"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        check_fields(self, typed=False)
         if self.fresh_init_std is not None and not self.fresh_init_std > 0:
             raise ConfigError(f"different_init_reset_std: expected a positive number or null, got {self.fresh_init_std!r}")
         if self.elastic and (len(self.depths) > 1 or not self.halting_rules):

@@ -27,7 +27,7 @@ from models import halting
 from models.layers import (Attention, CastedEmbedding, CastedLinear, Rotary, SwiGLU, reuse_weight_casts, rms_norm,
                            trunc_normal_)
 from utils.errors import ConfigError
-from utils.typecheck import check_range, check_types
+from utils.typecheck import check_fields, choice, must, positive, ranged
 
 # Keys that the reference's arch config carries but that do not shape the model here.
 # (Their halting keys act_inference, halt_threshold, halt_confirm_* and no_ACT_continue are fields below.)
@@ -41,25 +41,32 @@ def prefix_positions(puzzle_emb_ndim: int, puzzle_emb_len: int, hidden_size: int
     return puzzle_emb_len or -(puzzle_emb_ndim // -hidden_size)
 
 
+POS_ENCODINGS = ("rope", "rope2d", "learned", "none")
+
+
+def _not_below(low, default):  # 'arch.noise_scale: expected >= 0, got -1' (NaN passes, as it always did)
+    return must(lambda v: not v < low, f">= {low}", default)
+
+
 @dataclass
 class ModelConfig:
-    seq_len: int
-    vocab_size: int
-    hidden_size: int = 512
-    num_heads: int = 8
-    expansion: float = 4.0
-    L_layers: int = 2
-    H_cycles: int = 3
-    L_cycles: int = 6
+    seq_len: int = positive()
+    vocab_size: int = positive()
+    hidden_size: int = positive(512)
+    num_heads: int = positive(8)
+    expansion: float = ranged(0, low_open=True, default=4.0)
+    L_layers: int = positive(2)
+    H_cycles: int = positive(3)
+    L_cycles: int = _not_below(0, 6)
     mlp_t: bool = False  # Sudoku: mix tokens with a SwiGLU over the sequence axis instead of attention
-    pos_encodings: str | None = "rope"  # rope | rope2d | none
-    rope_theta: float = 10000.0
+    pos_encodings: str | None = must(lambda v: v in POS_ENCODINGS, f"one of {', '.join(POS_ENCODINGS)}", "rope")
+    rope_theta: float = ranged(0, low_open=True, default=10000.0)
     board_height: int | None = None
     board_width: int | None = None
-    rms_norm_eps: float = 1e-5
-    forward_dtype: str = "bfloat16"
-    halt_max_steps: int = 16
-    halt_exploration_prob: float = 0.1
+    rms_norm_eps: float = ranged(0, low_open=True, default=1e-5)
+    forward_dtype: str = choice("bfloat16", "float16", "float32", default="bfloat16")
+    halt_max_steps: int = positive(16)
+    halt_exploration_prob: float = must(lambda v: 0 <= v <= 1, "a probability", 0.1)
     act_halting: bool = True  # False: rows halt only at halt_max_steps, in training too (no ACT)
     # The authors' halting rule (models/halting.py), in training and, with act_inference, in evaluate.py
     act_inference: bool = False  # evaluate.py's default for act_inference: halted trajectories leave the pool
@@ -68,39 +75,27 @@ class ModelConfig:
     halt_confirm_mode: str = "consecutive"  # or cumulative
     no_ACT_continue: bool = True  # False (HRM): halt on q_halt > q_continue + threshold; the continue head
     # learns a bootstrapped Q target in training
-    lambda_: float = 0.95
-    noise_scale: float = 0.01
+    lambda_: float = must(lambda v: 0 < v <= 1, "0 < lambda_ <= 1", 0.95)
+    noise_scale: float = _not_below(0, 0.01)
     random_init: bool = True  # False: TRM's fixed initial latents
-    H_init_std: float = 1.0
-    L_init_std: float = 1.0
+    H_init_std: float = ranged(0, default=1.0)
+    L_init_std: float = ranged(0, default=1.0)
     feedforward: bool = False
     # The official TRM's and HRM's options; the defaults build EqR / our TRM as before. (HRM's H_layers is
     # H_level_layers here: in the EqR authors' configs that key builds nothing, config/reference_keys.py.)
-    puzzle_emb_ndim: int = 0  # width of a learned embedding per puzzle identifier, put before the tokens (0: none)
-    puzzle_emb_len: int = 0  # positions it takes (0: ceil(puzzle_emb_ndim / hidden_size)); the official TRM uses 16
-    num_puzzle_identifiers: int = 1
-    H_level_layers: int = 0  # HRM: > 0 gives z_H a block stack of its own, of this many blocks (z_L keeps L_layers)
+    puzzle_emb_ndim: int = _not_below(0, 0)  # width of a learned embedding per puzzle identifier, put before the tokens (0: none)
+    puzzle_emb_len: int = _not_below(0, 0)  # positions it takes (0: ceil(puzzle_emb_ndim / hidden_size)); the official TRM uses 16
+    num_puzzle_identifiers: int = _not_below(1, 1)
+    H_level_layers: int = _not_below(0, 0)  # HRM: > 0 gives z_H a block stack of its own, of this many blocks (z_L keeps L_layers)
     one_step_grad: bool = False  # HRM: gradient through the last z_L and z_H update only
 
     def __post_init__(self):
         def fail(key, msg):
             raise ConfigError(f"arch.{key}: {msg}")
 
-        check_types(self, prefix="arch.")
-        for key in ("expansion", "rope_theta", "rms_norm_eps"):
-            check_range("arch.", key, getattr(self, key), low=0, low_open=True)
-        for key in ("H_init_std", "L_init_std"):
-            check_range("arch.", key, getattr(self, key), low=0)
-
-        for key in ("seq_len", "vocab_size", "hidden_size", "num_heads", "L_layers", "H_cycles", "halt_max_steps"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                fail(key, f"expected a positive integer, got {getattr(self, key)!r}")
-        if self.L_cycles < 0:
-            fail("L_cycles", f"expected >= 0, got {self.L_cycles}")
+        check_fields(self, prefix="arch.")
         if self.pos_encodings is None:
             self.pos_encodings = "none"
-        if self.pos_encodings not in ("rope", "rope2d", "learned", "none"):
-            fail("pos_encodings", f"expected one of rope, rope2d, learned, none, got {self.pos_encodings!r}")
         if not self.mlp_t:
             if self.hidden_size % self.num_heads:
                 fail("num_heads", f"{self.num_heads} does not divide hidden_size {self.hidden_size}")
@@ -108,19 +103,6 @@ class ModelConfig:
                 fail("num_heads", f"head dim {self.hidden_size // self.num_heads} is too odd for {self.pos_encodings}")
             if self.pos_encodings == "rope2d" and math.prod(self.board) != self.seq_len:
                 fail("board_height", f"rope2d needs board_height * board_width == seq_len {self.seq_len}, got {self.board}")
-        if self.forward_dtype not in ("bfloat16", "float16", "float32"):
-            fail("forward_dtype", f"expected bfloat16, float16 or float32, got {self.forward_dtype!r}")
-        if not 0 < self.lambda_ <= 1:
-            fail("lambda_", f"expected 0 < lambda_ <= 1, got {self.lambda_}")
-        if self.noise_scale < 0:
-            fail("noise_scale", f"expected >= 0, got {self.noise_scale}")
-        if not 0 <= self.halt_exploration_prob <= 1:
-            fail("halt_exploration_prob", f"expected a probability, got {self.halt_exploration_prob}")
-        for key in ("puzzle_emb_ndim", "puzzle_emb_len", "H_level_layers"):
-            if getattr(self, key) < 0:
-                fail(key, f"expected >= 0, got {getattr(self, key)}")
-        if self.num_puzzle_identifiers < 1:
-            fail("num_puzzle_identifiers", f"expected >= 1, got {self.num_puzzle_identifiers}")
         if self.puzzle_emb_ndim > self.prefix_len * self.hidden_size:
             fail("puzzle_emb_len", f"{self.puzzle_emb_len} positions of {self.hidden_size} cannot hold "
                                    f"puzzle_emb_ndim {self.puzzle_emb_ndim}")

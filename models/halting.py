@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from utils.errors import ConfigError
+from utils.typecheck import at_least, check_fields, must
 
 CONFIRM_MODES = {"consecutive": "consecutive", "cumulative": "cumulative", "accumulate": "cumulative",
                  "total": "cumulative"}  # the authors also read these two spellings as cumulative
@@ -49,21 +49,14 @@ def halts(fire: torch.Tensor, steps: torch.Tensor, max_steps, min_steps) -> torc
 @dataclass(frozen=True)
 class HaltRule:
     """One halting rule at evaluation: the authors' keys plus a fixed minimum number of steps."""
-    threshold: float = 0.0
-    confirm_steps: int = 0
-    confirm_mode: str = "consecutive"
-    min_steps: int = 1
+    threshold: float = must(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", 0.0)
+    confirm_steps: int = at_least(0, 0)
+    confirm_mode: str = must(lambda v: str(v).lower() in CONFIRM_MODES, "consecutive or cumulative", "consecutive")
+    min_steps: int = at_least(1, 1)
 
     def __post_init__(self):
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise ConfigError(f"halt_threshold: expected a number, got {self.threshold!r}")
+        check_fields(self, prefix="halt_", typed=False)
         object.__setattr__(self, "threshold", float(self.threshold))
-        for key in ("confirm_steps", "min_steps"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "confirm_steps" else 1):
-                raise ConfigError(f"halt_{key}: expected an integer >= {0 if key == 'confirm_steps' else 1}, got {value!r}")
-        if str(self.confirm_mode).lower() not in CONFIRM_MODES:
-            raise ConfigError(f"halt_confirm_mode: expected consecutive or cumulative, got {self.confirm_mode!r}")
         # Without confirmation steps the mode changes nothing (the signal alone decides): one spelling.
         mode = CONFIRM_MODES[str(self.confirm_mode).lower()] if self.confirm_steps else "consecutive"
         object.__setattr__(self, "confirm_mode", mode)
