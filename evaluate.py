@@ -33,7 +33,7 @@ import torch.distributed as dist
 from config import compose_eval_config
 from dataset.common import DatasetError, load_metadata
 from dataset.puzzle_dataset import iter_test_batches, num_test_batches, num_test_examples
-from evaluation import predictions, render, report
+from evaluation import predictions, render, report, residuals
 from evaluation.grid import (GridSpec, fingerprint, fresh_init_std, memory_lower_bound, partial_path, remove_partial,
                              resume_partial, row_keys, run_batch, save_partial)
 from evaluation.keyed_rng import KeyedSampler
@@ -276,7 +276,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
                 "seed": seed, "rng": cfg.rng, "spec": spec.to_dict(), "model": model_config.to_dict(),
-                "device_type": device.type, "save_outputs": cfg.save_outputs}
+                "device_type": device.type, "save_outputs": cfg.save_outputs,
+                "counts_size": spec.size}  # a partial file of another count layout is refused, not misread
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
 
@@ -324,11 +325,13 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         outcomes = ((i, batch, cells, hist, [0.0], None)
                    for i, batch, cells, hist in elastic_batches(inner, batches, spec, pool_size, sampler, pool_stats))
     else:
-        outcomes = ((i, batch, *run_batch(inner, batch, spec, make_sampler(cfg, seed, batch, spec))) for i, batch in batches)
+        outcomes = ((i, batch, *run_batch(inner, batch, spec, make_sampler(cfg, seed, batch, spec),
+                                          residuals=spec.residual_parts(counts))) for i, batch in batches)
     for batch_index, batch, cells, hist, seconds, headline in outcomes:
         if want_shown and headline and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
             keep_examples(shown, batch, headline, cfg.render_examples)
-        counts += torch.cat([cells.flatten(), hist.flatten()])
+        for total, part in zip(spec.split(counts), (cells, hist)):  # run_batch adds the residuals itself
+            total += part
         if writer:
             writer.add(batch, headline)
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]
@@ -363,6 +366,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
 def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_seconds, device, shown, pool) -> dict:
     cells, hist = spec.split(counts)
     rows = report.build_rows(spec, cells, hist, depth_seconds)
+    res_parts = spec.residual_parts(counts)
+    res_rows = residuals.rows(spec, *res_parts) if res_parts else None
     puzzles = int(cells[0, 0, 0, 1])
     d, b = spec.max_depth, spec.max_breadth
     rule = spec.headline_rule(d, b)
@@ -391,9 +396,13 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
         "notes": "B>1 figures count real puzzles only (the reference also counts the padding rows of the last "
                  "test batch as solved); token accuracy is pooled over labelled tokens.",
         "rows": rows,
+        "residuals": res_rows,  # per (depth, breadth, group): docs/evaluation.md, "Fixed-point residuals"
         "counts": {"fields": ["correct", "total", "token_correct", "token_total", "nfe"],
                    "cells": cells.tolist(), "pass_histograms": hist.tolist()},
     }
+    if res_parts:
+        results["counts"].update(residual_fields=list(residuals.FIELDS), residual_scale=residuals.SCALE,
+                                 residual_sums=res_parts[0].tolist(), residual_histograms=res_parts[1].tolist())
     extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
              "pass_wall_time_s": wall}
     os.makedirs(output_dir, exist_ok=True)
@@ -408,6 +417,8 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     # Last: results.json marks the folder finished, so a write that fails before it leaves a resumable sweep.
     report.write_json(os.path.join(output_dir, "results.json"), results)
     print(report.format_table(spec, rows, puzzles))
+    if res_rows:
+        print("\n" + residuals.format_table(spec, res_rows))
     print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
           f"{identity['world_size']} process(es); results in {output_dir}/")
     return results
