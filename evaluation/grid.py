@@ -20,7 +20,8 @@ evaluation/pool.py runs the same rules and stops computing a trajectory once eve
 
 Counts (int64) per depth, breadth and rule: FIELDS below. pass@k comes from a histogram of
 "c of the first B trajectories right" per (D, B), so every reported number is an exact function of
-integers that are summed over batches and ranks: results do not depend on sharding.
+integers that are summed over batches and ranks: results do not depend on sharding. The fixed-point
+residuals of the latent update (evaluation/residuals.py) are counted the same way, beside them.
 """
 import hashlib
 import json
