@@ -402,7 +402,8 @@ def write_outputs(output_dir, cfg, spec, counts, info, identity, wall, depth_sec
     }
     if res_parts:
         results["counts"].update(residual_fields=list(residuals.FIELDS), residual_scale=residuals.SCALE,
-                                 residual_sums=res_parts[0].tolist(), residual_histograms=res_parts[1].tolist())
+                                 residual_sums=res_parts[0].tolist(),
+                                 residual_histograms=residuals.sparse_histograms(res_parts[1]))
     extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
              "pass_wall_time_s": wall}
     os.makedirs(output_dir, exist_ok=True)

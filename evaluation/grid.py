@@ -351,7 +351,7 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler, residuals: tuple | No
     view, fixed_view = row_views(spec, L)
 
     for step in range(1, spec.max_depth + 1):
-        before = z_H, z_L
+        before = (z_H, z_L) if residuals is not None else None  # otherwise the old latents are freed at once
         z_H, z_L, logits, q = inner(z_H, z_L, inputs, sampler)
         preds = logits.argmax(-1)
         tokens = ((preds == row_labels) & row_labelled).sum(-1)

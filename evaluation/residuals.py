@@ -138,6 +138,13 @@ def rows(spec, sums, hist) -> list[dict]:
     return out
 
 
+def sparse_histograms(hist) -> list:
+    """The histograms [D][B][group][solved, failed][bin] with each last axis as [bin, count] pairs of the bins
+    that hold any (most are empty), for results.json."""
+    return [[[[[[b, c] for b, c in enumerate(outcome) if c] for outcome in group] for group in cell] for cell in depth]
+            for depth in hist.tolist()]
+
+
 def format_table(spec, residual_rows: list[dict]) -> str:
     """Mean residual of the headline answers (solved / failed) over D x B, and the AUC of all trajectories."""
     header = "    B \\ D " + "".join(f"{d:>15}" for d in spec.depths)

@@ -187,6 +187,15 @@ def test_evaluate_reports_residuals(checkpoint, tmp_path, capsys):
     assert evaluate.main([f"checkpoint={path}", f"output_dir={tmp_path / 'one'}", "global_batch_size=2", *GRID]) == 0
     results = check_results(tmp_path / "one", data, head)
     assert results["counts"]["residual_scale"] == residuals.SCALE
+    hist = torch.zeros(residuals.shapes(3, 2)[1], dtype=torch.long)  # the sparse histograms, read back
+    for d, depth in enumerate(results["counts"]["residual_histograms"]):
+        for b, cell in enumerate(depth):
+            for g, group in enumerate(cell):
+                for o, pairs in enumerate(group):
+                    for bin_, count in pairs:
+                        hist[d, b, g, o, bin_] = count
+    sums = torch.tensor(results["counts"]["residual_sums"])
+    assert residuals.rows(GridSpec((1, 2, 3), (1, 2), 1), sums, hist) == results["residuals"]
     assert "AUC of the residual for correctness" in capsys.readouterr().out
 
 
