@@ -142,3 +142,24 @@ def test_claims_table_has_a_row_per_claim_with_its_command():
     vote = next(line for line in table if "majority vote" in line and "Sudoku" in line)
     assert "**inconclusive**" in vote
     assert sum("not run (stage missing)" in line for line in table) == len(report.PAPER_CLAIMS) - 2
+
+
+def test_sweep_record_keeps_the_per_puzzle_outcomes_of_saved_predictions(tmp_path, monkeypatch):
+    import numpy as np
+    from evaluation import predictions
+
+    monkeypatch.chdir(tmp_path)
+    sweep = study.Sweep("s", "sudoku-eqr", [64], [1, 64], 8)
+    os.makedirs(sweep.path)
+    record = grid_sweep("sudoku-eqr", {(1, "traj1"): 2, (64, "conv_top1"): 3}, puzzles=4)
+    with open(f"{sweep.path}/results.json", "w") as f:
+        json.dump({"rows": record["rows"], "wall_time_s": 1.0}, f)
+    labels = np.array([[1, 2], [0, 0], [2, 1], [1, 1], [2, 2]], np.uint8)  # puzzle 1 has no scored cell
+    np.savez(f"{sweep.path}/{predictions.FILE_NAME}", format=predictions.FORMAT, rule="conv_top1", depth=64, breadth=64,
+             index=np.arange(5), inputs=labels, labels=labels, answers=labels, trajectory=np.zeros(5, np.int32),
+             solved=np.array([True, False, False, True, True]))
+    got = report.sweep_record(sweep)
+    assert got["outcomes"] == [{"depth": 64, "breadth": 64, "rule": "conv_top1", "index": [0, 2, 3, 4],
+                                "solved": [1, 0, 1, 1]}]
+    assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 64, "conv_top1") == {0: 1, 2: 0, 3: 1, 4: 1}
+    assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 1, "traj1") is None  # only the headline cell is saved
