@@ -391,10 +391,14 @@ def halting_claims(res):
     lines = []
     for name, d, plain, halted in halting_rows(res, ("sudoku-trm", "sudoku-eqr", "maze-eqr")):
         s = halted["nfe_saving_at_equal_accuracy"]
+        c = compare(res, (b1(name), d, 1, "traj1"), (b1(name), d, 1, "traj1+halt"))
+        # a saving is a ratio of compute at a measured accuracy: no interval, so no verdict by the rule
         lines.append(f"- elastic halting, `{name}`, D cap {d}: {pct_ci(halted)} with "
                      f"{halted['nfe_per_puzzle']:.0f} NFE per puzzle against {pct_ci(plain)} with "
-                     f"{plain['nfe_per_puzzle']:.0f} without halting; saving at equal accuracy "
-                     f"{'–' if s is None else f'{s:.2f}x'} ({'a saving' if s and s > 1 else 'no saving'}).")
+                     f"{plain['nfe_per_puzzle']:.0f} without halting (difference {points(c['difference'])} "
+                     f"({points(c['low'])}, {points(c['high'])})); saving at equal accuracy "
+                     f"{'–' if s is None else f'{s:.2f}x'} ({'a saving' if s and s > 1 else 'no saving'}; "
+                     f"a ratio without an interval, so no verdict).")
     return claims(res, lines)
 
 
