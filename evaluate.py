@@ -220,7 +220,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": global_batch_size, "world_size": world_size,
                 "seed": seed, "rng": cfg.rng, "spec": spec.to_dict(), "model": model_config.to_dict(),
-                "device_type": device.type, "save_outputs": cfg.save_outputs}
+                "device_type": device.type, "save_outputs": cfg.save_outputs,
+                "counts_size": spec.size}  # a partial file of another count layout is refused, not misread
     output_dir = broadcast(cfg.output_dir or os.path.join(
         "eval_results", f"{checkpoint_name(cfg.checkpoint)}_{time.strftime('%Y%m%d-%H%M%S')}"), world_size)
 
@@ -258,7 +259,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
         outcomes = ((i, batch, cells, hist, [0.0], None)
                    for i, batch, cells, hist in elastic_batches(inner, batches, spec, pool_size, sampler, pool_stats))
     else:
-        outcomes = ((i, batch, *run_batch(inner, batch, spec, make_sampler(cfg, seed, batch, spec))) for i, batch in batches)
+        outcomes = ((i, batch, *run_batch(inner, batch, spec, make_sampler(cfg, seed, batch, spec),
+                                          residuals=spec.residual_parts(counts))) for i, batch in batches)
 
     def carried(done: int) -> dict:
         if writer:  # first the predictions, then the counts that say how far they go
@@ -268,7 +270,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     for batch_index, batch, cells, hist, seconds, headline in outcomes:
         if want_shown and headline and min(len(shown["solved"]), len(shown["failed"])) < cfg.render_examples:
             keep_examples(shown, batch, headline, cfg.render_examples)
-        counts += torch.cat([cells.flatten(), hist.flatten()])
+        for total, part in zip(spec.split(counts), (cells, hist)):  # run_batch adds the residuals itself
+            total += part
         if writer:
             writer.add(batch, headline)
         depth_seconds = [a + b for a, b in zip(depth_seconds, seconds)]

@@ -20,14 +20,15 @@ evaluation/pool.py runs the same rules and stops computing a trajectory once eve
 
 Counts (int64) per depth, breadth and rule: FIELDS below. pass@k comes from a histogram of
 "c of the first B trajectories right" per (D, B), so every reported number is an exact function of
-integers that are summed over batches and ranks: results do not depend on sharding.
+integers that are summed over batches and ranks: results do not depend on sharding. The fixed-point
+residuals of the latent update (evaluation/residuals.py) are counted the same way, beside them.
 """
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from evaluation import selection
+from evaluation import residuals as residual_counts, selection
 from evaluation.keyed_rng import trajectory_keys
 from models import halting
 from models.halting import HaltRule
@@ -114,12 +115,25 @@ class GridSpec:
         return len(self.depths), len(self.breadths), len(self.hist_suffixes), self.max_breadth + 1
 
     @property
+    def residual_shapes(self) -> list[tuple[int, ...]]:
+        """evaluation/residuals.py's sums and histograms; none for the elastic evaluator."""
+        return [] if self.elastic else list(residual_counts.shapes(len(self.depths), len(self.breadths)))
+
+    @property
     def size(self) -> int:
-        return torch.Size(self.cell_shape).numel() + torch.Size(self.hist_shape).numel()
+        return sum(torch.Size(s).numel() for s in [self.cell_shape, self.hist_shape, *self.residual_shapes])
+
+    def _parts(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        shapes = [self.cell_shape, self.hist_shape, *self.residual_shapes]
+        return [part.view(s) for part, s in zip(flat.split([torch.Size(s).numel() for s in shapes]), shapes)]
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = torch.Size(self.cell_shape).numel()
-        return flat[:n].view(self.cell_shape), flat[n:].view(self.hist_shape)
+        """The flat counts (spec.size) -> views of the cell counts and the pass@k histograms."""
+        return tuple(self._parts(flat)[:2])
+
+    def residual_parts(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The flat counts -> views of the residual sums and histograms (None for the elastic evaluator)."""
+        return tuple(self._parts(flat)[2:]) or None
 
     def reported(self, depth: int, breadth: int, rule: str) -> bool:
         """Whether a rule means something at (D, B): convergence needs D >= 2 and k <= B > 1; votes need B > 1."""
@@ -288,7 +302,7 @@ def batch_rows(spec: GridSpec, batch: dict):
 
 
 @torch.inference_mode()
-def run_batch(inner, batch: dict, spec: GridSpec, sampler):
+def run_batch(inner, batch: dict, spec: GridSpec, sampler, residuals: tuple | None = None):
     """Every cell of the grid on one batch -> (cell counts, histograms, seconds to reach each depth, headline).
 
     inner: the ReasoningCore; batch: inputs, labels [L, S], mask [L] on its device; sampler: the
@@ -297,6 +311,8 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     trajectory [L] (0-based), answer [L, S] (argmax tokens), solved [L] (bool; False for uncounted rows),
     settled_step [L] (the step after which that trajectory's answer no longer changed) and, with halting,
     halt_step [L] (the step at which the first halting rule stopped it; 0: not before the cap).
+    residuals: (sums, histograms) shaped as spec.residual_shapes (e.g. spec.residual_parts(counts)), to which
+    this batch's residual counts (evaluation/residuals.py) are added; None: they are not computed.
     """
     start = time.perf_counter()
     config, device = inner.config, batch["inputs"].device
@@ -330,6 +346,7 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
     view, fixed_view = row_views(spec, L)
 
     for step in range(1, spec.max_depth + 1):
+        before = (z_H, z_L) if residuals is not None else None  # otherwise the old latents are freed at once
         z_H, z_L, logits, q = inner(z_H, z_L, inputs, sampler)
         preds = logits.argmax(-1)
         tokens = ((preds == row_labels) & row_labelled).sum(-1)
@@ -358,6 +375,11 @@ def run_batch(inner, batch: dict, spec: GridSpec, sampler):
             now.update(h_tokens=h_tokens, h_exact=h_tokens == row_n_labels, h_steps=torch.where(halted, halt_step, step),
                        h_preds=torch.where(halted[..., None], halt_preds, preds))
         cells[d], hist[d] = tally(spec, real, n_labels, step, now, view, fixed_view)
+        if residuals is not None:
+            now["residual"], now["relative"] = residual_counts.norms(before, (z_H, z_L))
+            sums, histograms = residual_counts.tally(spec, step, real, now, view, fixed_view)
+            residuals[0][d] += sums
+            residuals[1][d] += histograms
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         depth_seconds.append(time.perf_counter() - start)

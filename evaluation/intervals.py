@@ -9,6 +9,7 @@ Every interval is two-sided at `level` (0.95 by default) and returned as (low, h
 - Wilson's score interval for a proportion k / n (no resampling; sensible at k = 0 or k = n).
 - A paired bootstrap interval for the difference of two accuracies measured on the same puzzles:
   both are recomputed on the same resample, so their correlation (shared easy and hard puzzles) is kept.
+- Newcombe's interval for the difference of two accuracies known only by their counts (unpaired).
 
 A verdict compares an interval with the value a claim is about (e.g. "difference > 0", "AUC > 0.5"):
 wholly on the claimed side: reproduces; wholly on the other side: does not reproduce; spanning it: inconclusive.
@@ -86,6 +87,20 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """(a / n_a - b / n_b, low, high) for two independent proportions known only by their counts: Newcombe's
+    hybrid score interval (his method 10), built from the two Wilson intervals. Measured on the same puzzles
+    the two are positively correlated, so this is wider than the paired interval would be."""
+    if not n_a or not n_b:
+        return float("nan"), float("nan"), float("nan")
+    p_a, p_b = successes_a / n_a, successes_b / n_b
+    (low_a, high_a), (low_b, high_b) = wilson_interval(successes_a, n_a, level), wilson_interval(successes_b, n_b, level)
+    difference = p_a - p_b
+    return (difference, difference - float(np.hypot(p_a - low_a, high_b - p_b)),
+            difference + float(np.hypot(high_a - p_a, p_b - low_b)))
 
 
 def paired_difference_interval(correct_a, correct_b, groups=None, count: int = 1000, seed: int = 0,

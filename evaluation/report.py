@@ -14,7 +14,7 @@ import json
 import math
 import os
 
-from evaluation import predictions, render, selection
+from evaluation import predictions, render, residuals, selection
 from evaluation.grid import FIELDS, GridSpec, base_rule
 from evaluation.sweep import fingerprint
 from utils.errors import RunError
@@ -140,6 +140,8 @@ def write_outputs(output_dir: str, name: str, config: dict, spec: GridSpec, coun
     results.json; prints the table -> the results."""
     cells, hist = spec.split(counts)
     rows = build_rows(spec, cells, hist, depth_seconds)
+    res_parts = spec.residual_parts(counts)
+    res_rows = residuals.rows(spec, *res_parts) if res_parts else None
     puzzles = int(cells[0, 0, 0, 1])
     d, b = spec.max_depth, spec.max_breadth
     rule = spec.headline_rule(d, b)
@@ -167,8 +169,13 @@ def write_outputs(output_dir: str, name: str, config: dict, spec: GridSpec, coun
         "predictions": predictions.FILE_NAME if config["save_outputs"] else None,
         "notes": NOTES,
         "rows": rows,
+        "residuals": res_rows,  # per (depth, breadth, group): docs/evaluation.md, "Fixed-point residuals"
         "counts": {"fields": list(FIELDS), "cells": cells.tolist(), "pass_histograms": hist.tolist()},
     }
+    if res_parts:
+        results["counts"].update(residual_fields=list(residuals.FIELDS), residual_scale=residuals.SCALE,
+                                 residual_sums=res_parts[0].tolist(),
+                                 residual_histograms=residuals.sparse_histograms(res_parts[1]))
     extra = {"checkpoint_sha256": info["sha256"], "config_fingerprint": results["config_fingerprint"],
              "pass_wall_time_s": wall}
     os.makedirs(output_dir, exist_ok=True)
@@ -183,6 +190,8 @@ def write_outputs(output_dir: str, name: str, config: dict, spec: GridSpec, coun
     # Last: results.json marks the folder finished, so a write that fails before it leaves a resumable sweep.
     write_json(os.path.join(output_dir, RESULTS_FILE), results)
     print(format_table(spec, rows, puzzles))
+    if res_rows:
+        print("\n" + residuals.format_table(spec, res_rows))
     print(f"\n{puzzles} puzzles in {wall:.1f} s ({results['puzzles_per_s'] or 0:.2f} puzzles/s) on "
           f"{identity['world_size']} process(es); results in {output_dir}/")
     return results

@@ -59,6 +59,22 @@ def timed(inner, batch, spec, rng: str, repeats: int) -> float:
     return best
 
 
+def residual_cost(inner, batch, spec, repeats: int) -> dict:
+    """Best wall and CPU seconds of the grid without and with the residual counts, run alternately."""
+    best = {"wall_without_s": float("inf"), "cpu_without_s": float("inf"), "wall_with_s": float("inf"),
+            "cpu_with_s": float("inf")}
+    for _ in range(repeats):
+        for name, counts in (("without", None), ("with", torch.zeros(spec.size, dtype=torch.long, device=inner.q_head.weight.device))):
+            wall, cpu = time.perf_counter(), time.process_time()
+            run_batch(inner, batch, spec, sampler_for("keyed", batch, spec),
+                      residuals=None if counts is None else spec.residual_parts(counts))
+            if batch["inputs"].is_cuda:
+                torch.cuda.synchronize()
+            best[f"wall_{name}_s"] = min(best[f"wall_{name}_s"], time.perf_counter() - wall)
+            best[f"cpu_{name}_s"] = min(best[f"cpu_{name}_s"], time.process_time() - cpu)
+    return best
+
+
 def peak_memory(args, depth: int) -> float:
     """Peak memory (MiB) of one largest-breadth run to `depth`, in a fresh process."""
     out = subprocess.run([sys.executable, __file__, "--peak-of-depth", str(depth), "--preset", args.preset,
@@ -103,6 +119,7 @@ def main():
     t_cell = timed(inner, batch, cell, "keyed", args.repeats)
     t_grid = timed(inner, batch, grid, "keyed", args.repeats)
     t_torch = timed(inner, batch, cell, "torch", args.repeats)
+    residual = residual_cost(inner, batch, grid, args.repeats)
     cells = len(args.depths) * len(args.breadths)
     separate = sum(timed(inner, batch, GridSpec((d,), (b,), bps), "keyed", 1)
                    for d in args.depths for b in args.breadths) if cells <= 30 and args.device == "cpu" else None
@@ -111,7 +128,8 @@ def main():
     numbers = {"preset": args.preset, "device": args.device, "puzzles": args.puzzles, "depths": args.depths,
                "breadths": args.breadths, "rows": args.puzzles * args.breadths[-1], "largest_cell_s": t_cell,
                "grid_one_pass_s": t_grid, "grid_over_cell": t_grid / t_cell, "separate_cells_s": separate,
-               "torch_rng_cell_s": t_torch, "keyed_over_torch": t_cell / t_torch, "peak_mib_by_depth": peaks}
+               "torch_rng_cell_s": t_torch, "keyed_over_torch": t_cell / t_torch, "peak_mib_by_depth": peaks,
+               "residual_counts": residual}
     print(f"preset {args.preset} on {args.device}, {args.puzzles} puzzles x B{args.breadths[-1]} = "
           f"{numbers['rows']} rows, D{args.depths[-1]}")
     print(f"largest cell alone (D{args.depths[-1]} B{args.breadths[-1]}, keyed rng): {t_cell:.3f} s")
@@ -120,6 +138,10 @@ def main():
     if separate is not None:
         print(f"every cell run separately (the reference's way): {separate:.3f} s = {separate / t_cell:.2f}x")
     print(f"largest cell with torch rng: {t_torch:.3f} s; keyed rng costs {t_cell / t_torch:.3f}x")
+    print(f"residual counts at the grid's {len(args.depths)} depths: wall {residual['wall_with_s']:.3f} s with, "
+          f"{residual['wall_without_s']:.3f} s without ({residual['wall_with_s'] / residual['wall_without_s']:.3f}x); "
+          f"CPU {residual['cpu_with_s']:.3f} s with, {residual['cpu_without_s']:.3f} s without "
+          f"({residual['cpu_with_s'] / residual['cpu_without_s']:.3f}x)")
     print("peak memory (MiB) vs D: " + ", ".join(f"D{d}: {m:.0f}" for d, m in peaks.items()))
     if args.json:
         with open(args.json, "w") as f:

@@ -71,11 +71,13 @@ def test_report_fills_the_template_from_a_results_dict():
     with open(os.path.join(ROOT, report.TEMPLATE)) as f:
         doc = report.fill(f.read(), res)
     assert "{{" not in doc
-    assert "| `sudoku-d4-trm-ri` | sudoku-d4-trm-ri | 0.0 | 0.0 | 50.0 | 0.0 | 50.0 |" in doc
-    assert "| `sudoku-d4-eqr` | 50.0 | 50.0 | 75.0 | 75.0 |" in doc  # the agreement row
+    none, half = "0.0 (0.0–1.5)", "50.0 (43.9–56.1)"  # every accuracy with its Wilson 95 % interval
+    assert f"| `sudoku-d4-trm-ri` | sudoku-d4-trm-ri | {none} | {none} | {half} | {none} | {half} |" in doc
+    assert f"| `sudoku-d4-eqr` | 50.0 | {half} | 75.0 | 75.0 (69.4–79.9) |" in doc  # the agreement row
     assert "largest gap over 3 finished runs: +0.0 points" in doc
-    assert ("sudoku D=4, training seed 0, D=4: TRM < TRM + RI (25.0 vs 50.0): **reproduces**; "
-            "TRM + RI < EqR (50.0 vs 75.0): **reproduces**.") in doc
+    assert ("sudoku D=4, training seed 0, D=4: TRM < TRM + RI: 25.0 (20.1–30.6) vs 50.0 (43.9–56.1), difference "
+            "+25.0 (+16.7, +32.8): **reproduces**; TRM + RI < EqR: 50.0 (43.9–56.1) vs 75.0 (69.4–79.9), difference "
+            "+25.0 (+16.7, +32.8): **reproduces**.") in doc  # Newcombe's interval from the counts
     assert "D=16: TRM < TRM + RI < EqR holds for 1 of 1 training seeds (1 not finished)" in doc
     summary = doc.split("## Summary", 1)[1].split("## Data", 1)[0]
     assert "holds for 1 of 1 training seeds" in summary  # claims are repeated at the top
@@ -95,3 +97,70 @@ def test_collect_carries_over_only_records_made_by_the_same_command(tmp_path, mo
     assert res["runs"]["sudoku-trm"]["arm"] == "sudoku"  # from the study, whatever the old record said
     assert "sudoku-trm-b1" not in res["sweeps"]  # its command changed: the old numbers do not count
     assert res["datasets"] == {}
+
+
+def grid_sweep(run: str, correct: dict, puzzles: int = 40, outcomes: dict | None = None) -> dict:
+    """A breadth-grid record at D=64 with `correct` {(breadth, rule): puzzles solved}; `outcomes` {(breadth, rule):
+    per-puzzle 0/1 list} as sweep_record stores them for a sweep saved with save_outputs=true."""
+    rows = [{"depth": 64, "breadth": b, "rule": rule, "correct": k, "total": puzzles, "accuracy": k / puzzles,
+             "token_accuracy": 0.9, "nfe_per_puzzle": 768.0, "nfe_saving_at_equal_accuracy": None}
+            for (b, rule), k in correct.items()]
+    record = {"run": run, "puzzles": puzzles, "rows": rows, "command": f"python evaluate.py {run}", "wall_s": 5.0}
+    if outcomes:
+        record["outcomes"] = [{"depth": 64, "breadth": b, "rule": rule, "index": list(range(puzzles)), "solved": o}
+                              for (b, rule), o in outcomes.items()]
+    return record
+
+
+def test_verdicts_follow_the_interval_rule_paired_where_outcomes_exist():
+    base, better = ("g", 64, 64, "majority"), ("g", 64, 64, "conv_top1")
+    verdict = lambda correct, outcomes=None: report.compare({"sweeps": {"g": grid_sweep("sudoku-eqr", correct, outcomes=outcomes)}},
+                                                            base, better)
+    assert verdict({(64, "majority"): 10, (64, "conv_top1"): 30})["verdict"] == "reproduces"
+    assert verdict({(64, "majority"): 30, (64, "conv_top1"): 10})["verdict"] == "does not reproduce"
+    unpaired = verdict({(64, "majority"): 20, (64, "conv_top1"): 24})
+    assert unpaired["verdict"] == "inconclusive" and unpaired["method"] == "unpaired, from the counts (Newcombe)"
+    # the same counts, where the two answers differ on only 4 puzzles (both right on the same 20): pairing
+    # keeps the correlation, and the interval shrinks to the 4 puzzles that differ
+    same = [1] * 20 + [0] * 20
+    changed = [1] * 24 + [0] * 16
+    paired = verdict({(64, "majority"): 20, (64, "conv_top1"): 24}, {(64, "majority"): same, (64, "conv_top1"): changed})
+    assert paired["method"] == "paired bootstrap over 40 puzzles" and paired["difference"] == pytest.approx(0.1)
+    assert paired["verdict"] == "reproduces" and paired["low"] > 0 > unpaired["low"]
+    assert report.compare({"sweeps": {}}, base, better) is None  # a stage that did not run
+
+
+def test_claims_table_has_a_row_per_claim_with_its_command():
+    res = {"sweeps": {"sudoku-eqr-grid": grid_sweep("sudoku-eqr", {(1, "traj1"): 10, (64, "conv_top1"): 30,
+                                                                   (64, "majority"): 28})}}
+    table = report.claims_table(res).splitlines()
+    assert len(table) == 2 + len(report.PAPER_CLAIMS)
+    breadth = next(line for line in table if "breadth helps EqR" in line and "Sudoku" in line)
+    assert ("| 93.0 → 99.8 | 25.0 (14.2–40.2) → 75.0 (59.8–85.8); difference +50.0 (+28.5, +65.3), unpaired, "
+            "from the counts (Newcombe) | **reproduces** | "
+            "`python scripts/reproduce_cpu.py run train-sudoku-eqr eval-sudoku-eqr-grid` |") in breadth
+    vote = next(line for line in table if "majority vote" in line and "Sudoku" in line)
+    assert "**inconclusive**" in vote
+    assert sum("not run (stage missing)" in line for line in table) == len(report.PAPER_CLAIMS) - 2
+
+
+def test_sweep_record_keeps_the_per_puzzle_outcomes_of_saved_predictions(tmp_path, monkeypatch):
+    import numpy as np
+    from evaluation import predictions
+    from evaluation.report import RESULTS_FORMAT
+
+    monkeypatch.chdir(tmp_path)
+    sweep = study.Sweep("s", "sudoku-eqr", [64], [1, 64], 8)
+    os.makedirs(sweep.path)
+    record = grid_sweep("sudoku-eqr", {(1, "traj1"): 2, (64, "conv_top1"): 3}, puzzles=4)
+    with open(f"{sweep.path}/results.json", "w") as f:
+        json.dump({"format": RESULTS_FORMAT, "rows": record["rows"], "wall_time_s": 1.0}, f)
+    labels = np.array([[1, 2], [0, 0], [2, 1], [1, 1], [2, 2]], np.uint8)  # puzzle 1 has no scored cell
+    np.savez(f"{sweep.path}/{predictions.FILE_NAME}", format=predictions.FORMAT, rule="conv_top1", depth=64, breadth=64,
+             index=np.arange(5), inputs=labels, labels=labels, answers=labels, trajectory=np.zeros(5, np.int32),
+             solved=np.array([True, False, False, True, True]))
+    got = report.sweep_record(sweep)
+    assert got["outcomes"] == [{"depth": 64, "breadth": 64, "rule": "conv_top1", "index": [0, 2, 3, 4],
+                                "solved": [1, 0, 1, 1]}]
+    assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 64, "conv_top1") == {0: 1, 2: 0, 3: 1, 4: 1}
+    assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 1, "traj1") is None  # only the headline cell is saved

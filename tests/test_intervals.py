@@ -122,3 +122,15 @@ def test_verdict_on_an_equality_needs_a_margin():
     assert iv.verdict(0.75, 0.80, 0.5, "above") == "reproduces"  # an AUC claimed to separate
     with pytest.raises(ValueError):
         iv.verdict(0.4, 0.6, 0.5, "equal")
+
+
+def test_difference_interval_known_case_and_exact_coverage():
+    # Newcombe (1998), Statistics in Medicine 17:873, method 10: 56/70 - 48/80 = 0.2000, 95% (0.0524, 0.3339)
+    assert iv.difference_interval(56, 70, 48, 80) == pytest.approx((0.2, 0.0524, 0.3339), abs=1e-4)
+    assert all(math.isnan(v) for v in iv.difference_interval(1, 0, 1, 5))
+    binomial = lambda k, n, p: math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+    for p_a, p_b, n_a, n_b in ((0.3, 0.3, 30, 30), (0.6, 0.2, 25, 40), (0.05, 0.1, 60, 60)):
+        coverage = sum(binomial(a, n_a, p_a) * binomial(b, n_b, p_b)
+                       for a in range(n_a + 1) for b in range(n_b + 1)
+                       if iv.difference_interval(a, n_a, b, n_b)[1] <= p_a - p_b <= iv.difference_interval(a, n_a, b, n_b)[2])
+        assert 0.93 <= coverage <= 0.98, (p_a, p_b, coverage)

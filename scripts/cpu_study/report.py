@@ -11,6 +11,7 @@ import re
 
 from cpu_study import study
 from cpu_study.runner import load_ledger, shown
+from evaluation import intervals
 from evaluation.report import RESULTS_FILE, read_results
 from utils.errors import RunError
 
@@ -53,7 +54,14 @@ def run_record(run: study.Run) -> dict:
 def sweep_record(sweep: study.Sweep) -> dict:
     res = read_results(os.path.join(sweep.path, RESULTS_FILE))
     rows = [{k: r[k] for k in SWEEP_KEYS} for r in res["rows"]]
-    return {"run": sweep.run, "puzzles": rows[0]["total"], "rows": rows, "eval_wall_time_s": round(res["wall_time_s"], 1)}
+    record = {"run": sweep.run, "puzzles": rows[0]["total"], "rows": rows, "eval_wall_time_s": round(res["wall_time_s"], 1)}
+    if os.path.isfile(f"{sweep.path}/predictions.npz"):  # save_outputs=true: the headline cell's per-puzzle outcomes
+        from evaluation.predictions import read_predictions
+        saved = read_predictions(f"{sweep.path}/predictions.npz")
+        scored = (saved["labels"] != 0).any(1)  # as results.json: a puzzle without scored cells is not counted
+        record["outcomes"] = [{"depth": saved["depth"], "breadth": saved["breadth"], "rule": saved["rule"],
+                               "index": saved["index"][scored].tolist(), "solved": saved["solved"][scored].astype(int).tolist()}]
+    return record
 
 
 def collect(previous: dict) -> dict:
@@ -124,16 +132,66 @@ def md_table(header: list, rows: list) -> str:
     return "\n".join(lines)
 
 
-def verdict(ok) -> str:
-    if ok == "untestable":
-        return "**not testable here** (neither model solves any puzzle)"
-    return "n/a (stage missing)" if ok is None else ("**reproduces**" if ok else "**does not reproduce**")
+# ----------------------------------------------------------------------------- intervals and verdicts
+
+BOOTSTRAP_DRAWS = 2000
 
 
-def gt(a, b):
+def pct_ci(row) -> str:
+    """An accuracy with its Wilson 95 % interval, in %: '12.5 (8.1-18.0)'; pass@k (an expectation, not a
+    count of puzzles) without one."""
+    if row is None:
+        return "–"
+    if row["rule"].startswith("pass@"):
+        return pct(row["accuracy"])
+    low, high = intervals.wilson_interval(row["correct"], row["total"])
+    return f"{pct(row['accuracy'])} ({pct(low)}–{pct(high)})"
+
+
+def show(res, sweep, depth, breadth=1, rule="traj1") -> str:
+    return pct_ci(cell(res, sweep, depth, breadth, rule))
+
+
+def outcomes(res, sweep, depth, breadth, rule) -> dict | None:
+    """Per-puzzle outcomes {puzzle index: solved} of a cell, where the sweep's record holds them
+    (sweep_record: the headline cell of a sweep run with save_outputs=true); None otherwise."""
+    for o in res["sweeps"].get(sweep, {}).get("outcomes", []):
+        if (o["depth"], o["breadth"], o["rule"]) == (depth, breadth, rule):
+            return dict(zip(o["index"], o["solved"]))
+    return None
+
+
+def compare(res, base: tuple, better: tuple) -> dict | None:
+    """The claim "cell `better` is more accurate than cell `base`" ((sweep, D, B, rule) each) -> the
+    difference better - base with its 95 % interval, how it was made and the verdict (evaluation/intervals.py);
+    None when a cell did not run. Paired bootstrap over the puzzles both cells solved or failed, where the
+    records hold per-puzzle outcomes of both; else Newcombe's unpaired interval from the two counts."""
+    a, b = cell(res, *base), cell(res, *better)
     if a is None or b is None:
         return None
-    return "untestable" if a == b == 0 else a > b
+    paired = [outcomes(res, *base), outcomes(res, *better)]
+    common = sorted(set(paired[0]) & set(paired[1])) if None not in paired else []
+    if common:
+        difference, low, high = intervals.paired_difference_interval(
+            [paired[1][i] for i in common], [paired[0][i] for i in common], count=BOOTSTRAP_DRAWS, seed=study.SEED)
+        method = f"paired bootstrap over {len(common)} puzzles"
+    else:
+        difference, low, high = intervals.difference_interval(b["correct"], b["total"], a["correct"], a["total"])
+        method = "unpaired, from the counts (Newcombe)"
+    return {"base": a, "better": b, "difference": difference, "low": low, "high": high, "method": method,
+            "verdict": intervals.verdict(low, high, 0.0, "above")}
+
+
+def points(x) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def verdict_of(c) -> str:
+    """'<a> vs <b>, difference +d (low, high): **verdict**' of a compare() result."""
+    if c is None:
+        return "n/a (stage missing)"
+    return (f"{pct_ci(c['base'])} vs {pct_ci(c['better'])}, difference {points(c['difference'])} "
+            f"({points(c['low'])}, {points(c['high'])}): **{c['verdict']}**")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -167,26 +225,26 @@ def training_table(res):
 
 
 def construction_table(res):
-    rows = [[f"`{n}`", res["runs"][n]["label"]] + [pct(acc(res, b1(n), d)) for d in (1, 16, 64)]
+    rows = [[f"`{n}`", res["runs"][n]["label"]] + [show(res, b1(n), d) for d in (1, 16, 64)]
             for n in study.CONSTRUCTION if n in res["runs"]]
     return md_table(["run", "what", "D=1 (12 NFE)", "D=16 (192 NFE)", "D=64 (768 NFE)"], rows)
 
 
 def construction_claims(res):
-    ff, tied, tied16 = acc(res, "sudoku-ff-d1", 1), acc(res, "sudoku-tied-b1", 1), acc(res, "sudoku-tied-b1", 16)
-    sup, trm, eqr = (acc(res, f"sudoku-{n}-b1", 16) for n in ("tied-sup", "trm", "eqr"))
+    c = lambda sweep, depth: (sweep, depth, 1, "traj1")
+    ff, tied, tied16 = c("sudoku-ff-d1", 1), c("sudoku-tied-b1", 1), c("sudoku-tied-b1", 16)
+    sup, trm, eqr = (c(f"sudoku-{n}-b1", 16) for n in ("tied-sup", "trm", "eqr"))
     return claims(res, [
-        f"- untied FF < weight-tied at equal 12 NFE ({pct(ff)} vs {pct(tied)}): {verdict(gt(tied, ff))}.",
-        f"- weight-tied 1 step (D=1) < + supervision over steps (D=16) ({pct(tied)} vs {pct(sup)}): "
-        f"{verdict(gt(sup, tied))}; at equal test compute (both run 16 steps = 192 NFE) ({pct(tied16)} vs {pct(sup)}): "
-        f"{verdict(gt(sup, tied16))}.",
-        f"- + supervision < + halting (TRM) at D=16 ({pct(sup)} vs {pct(trm)}): {verdict(gt(trm, sup))}.",
-        f"- TRM < EqR at D=16 ({pct(trm)} vs {pct(eqr)}): {verdict(gt(eqr, trm))}."])
+        f"- untied FF < weight-tied at equal 12 NFE: {verdict_of(compare(res, ff, tied))}.",
+        f"- weight-tied 1 step (D=1) < + supervision over steps (D=16): {verdict_of(compare(res, tied, sup))}; "
+        f"at equal test compute (both run 16 steps = 192 NFE): {verdict_of(compare(res, tied16, sup))}.",
+        f"- + supervision < + halting (TRM) at D=16: {verdict_of(compare(res, sup, trm))}.",
+        f"- TRM < EqR at D=16: {verdict_of(compare(res, trm, eqr))}."])
 
 
 def ri_ni_table(groups: dict, depths: list):
     def block(res):
-        rows = [[f"`{n}`", res["runs"][n]["label"]] + [pct(acc(res, b1(n), d)) for d in depths]
+        rows = [[f"`{n}`", res["runs"][n]["label"]] + [show(res, b1(n), d) for d in depths]
                 for names in groups.values() for n in names if n in res["runs"]]
         return md_table(["run", "what", *[f"D={d}" for d in depths]], rows)
     return block
@@ -197,9 +255,9 @@ def ri_ni_claims(groups: dict, depths: tuple):
         lines = []
         for what, names in groups.items():
             for depth in depths:
-                t, ri, e = (acc(res, b1(n), depth) for n in names)
-                lines.append(f"- {what}, D={depth}: TRM < TRM + RI ({pct(t)} vs {pct(ri)}): {verdict(gt(ri, t))}; "
-                             f"TRM + RI < EqR ({pct(ri)} vs {pct(e)}): {verdict(gt(e, ri))}.")
+                t, ri, e = ((b1(n), depth, 1, "traj1") for n in names)
+                lines.append(f"- {what}, D={depth}: TRM < TRM + RI: {verdict_of(compare(res, t, ri))}; "
+                             f"TRM + RI < EqR: {verdict_of(compare(res, ri, e))}.")
         return claims(res, lines)
     return block
 
@@ -213,8 +271,8 @@ def agreement_table(res):
                 continue
             depth = r["train_halt_max_steps"]
             logged, frozen = r.get("train_log_exact"), acc(res, f"{n}-train", depth)
-            rows.append([f"`{n}`", pct(logged), pct(frozen), pct(r["eval_curve"][-1]["exact"] if r["eval_curve"] else None),
-                         pct(acc(res, f"{n}-b1", depth))])
+            rows.append([f"`{n}`", pct(logged), show(res, f"{n}-train", depth),
+                         pct(r["eval_curve"][-1]["exact"] if r["eval_curve"] else None), show(res, f"{n}-b1", depth)])
             if logged is not None and frozen is not None:
                 gaps.append((100 * (logged - frozen), n))
     table = md_table(["run", f"training log, last {TRAIN_LOG_WINDOW} steps (rows that halted)",
@@ -246,23 +304,22 @@ def ordering_claims(groups: dict, depths: tuple):
 
 
 def depth_table(res):
-    rows = [[f"`{n}`", res["sweeps"][b1(n)]["puzzles"]] + [pct(acc(res, b1(n), d)) for d in study.DEPTHS]
+    rows = [[f"`{n}`", res["sweeps"][b1(n)]["puzzles"]] + [show(res, b1(n), d) for d in study.DEPTHS]
             for n in res["runs"] if n != "sudoku-ff" and b1(n) in res["sweeps"]]
     return md_table(["run", "puzzles", *[f"D={d}" for d in study.DEPTHS]], rows)
 
 
 def depth_claims(res):
     lines = []
-    a1, a64 = acc(res, "sudoku-tied-b1", 1), acc(res, "sudoku-tied-b1", 64)
-    if a1 is not None:
-        lines.append(f"- `sudoku-tied` (trained at D=1): D=64 vs D=1: {pct(a64)} vs {pct(a1)}.")
+    if cell(res, "sudoku-tied-b1", 1, 1, "traj1"):
+        lines.append(f"- `sudoku-tied` (trained at D=1), D=1 < D=64: "
+                     f"{verdict_of(compare(res, ('sudoku-tied-b1', 1, 1, 'traj1'), ('sudoku-tied-b1', 64, 1, 'traj1')))}.")
     for name in ("sudoku-eqr", "maze-eqr", "sudoku-trm", "maze-trm"):
         if name in res["runs"]:
             trained = res["runs"][name]["train_halt_max_steps"]
-            at_trained, a64 = acc(res, b1(name), trained), acc(res, b1(name), 64)
-            if at_trained is not None and a64 is not None:
-                lines.append(f"- `{name}`: D=64 vs trained D={trained}: {pct(a64)} vs {pct(at_trained)} "
-                             f"({100 * (a64 - at_trained):+.1f} points beyond the trained depth).")
+            c = compare(res, (b1(name), trained, 1, "traj1"), (b1(name), 64, 1, "traj1"))
+            if c is not None:
+                lines.append(f"- `{name}`, trained D={trained} < D=64 (beyond the trained depth): {verdict_of(c)}.")
     return claims(res, lines)
 
 
@@ -272,17 +329,20 @@ def breadth_block(task: str):
         if sweep not in res["sweeps"]:
             return f"- {task}: breadth grid not finished."
         n, top = res["sweeps"][sweep]["puzzles"], max(study.BREADTHS)
-        rows = [[f"B={b}"] + [pct(acc(res, sweep, d, b, "traj1" if b == 1 else "conv_top1")) for d in study.DEPTHS]
+        rows = [[f"B={b}"] + [show(res, sweep, d, b, "traj1" if b == 1 else "conv_top1") for d in study.DEPTHS]
                 for b in study.BREADTHS]
-        gains = [None if acc(res, sweep, d, top, "conv_top1") is None else
-                 acc(res, sweep, d, top, "conv_top1") - acc(res, sweep, d, 1, "traj1") for d in study.DEPTHS]
-        rows.append([f"gain B={top} − B=1 (points)"] + ["–" if g is None else f"{100 * g:+.1f}" for g in gains])
-        helped = [d for d, g in zip(study.DEPTHS, gains) if g is not None and g > 0]
-        return (f"{task}, the first {n} test puzzles (one puzzle = {100 / n:.1f} points, so differences of a few points "
-                f"are noise), B=1 is one trajectory, B>1 top-1 by convergence:\n\n"
+        gains = {d: compare(res, (sweep, d, 1, "traj1"), (sweep, d, top, "conv_top1")) for d in study.DEPTHS}
+        rows.append([f"gain B={top} − B=1 (points, 95 % interval)"] + [
+            "–" if g is None else f"{points(g['difference'])} ({points(g['low'])}, {points(g['high'])})"
+            for g in gains.values()])
+        by = {v: [d for d, g in gains.items() if g and g["verdict"] == v]
+              for v in ("reproduces", "does not reproduce", "inconclusive")}
+        return (f"{task}, the first {n} test puzzles (one puzzle = {100 / n:.1f} points), B=1 is one trajectory, "
+                f"B>1 top-1 by convergence; accuracies with their Wilson 95 % intervals:\n\n"
                 + md_table(["", *[f"D={d}" for d in study.DEPTHS]], rows) + "\n\n"
-                + claims(res, [f"- {task}: depths where B={top} (top-1 by convergence) beats B=1: {helped or 'none'}"
-                               f"{'' if not helped else f' (first at D={helped[0]})'}."]))
+                + claims(res, [f"- {task}: B={top} (top-1 by convergence) beats B=1: **reproduces** at depths "
+                               f"{by['reproduces'] or 'none'}, **does not reproduce** at {by['does not reproduce'] or 'none'}, "
+                               f"**inconclusive** at {by['inconclusive'] or 'none'} ({gains[study.DEPTHS[-1]]['method'] if gains[study.DEPTHS[-1]] else 'n/a'})."]))
     return block
 
 
@@ -291,15 +351,20 @@ def selection_block(task: str):
         sweep = f"{task}-eqr-grid"
         if sweep not in res["sweeps"]:
             return f"- {task}: breadth grid not finished."
-        rows = [[f"B={b}", rule] + [pct(acc(res, sweep, d, b, rule)) for d in study.DEPTHS]
+        rows = [[f"B={b}", rule] + [show(res, sweep, d, b, rule) for d in study.DEPTHS]
                 for b in study.BREADTHS[1:] for rule in ("conv_top1", "majority", f"pass@{b}")]
         b = max(study.BREADTHS)
         wins = sum(1 for d in study.DEPTHS
                    if (acc(res, sweep, d, b, "conv_top1") or 0) >= (acc(res, sweep, d, b, "majority") or 0))
-        return (f"{task} ({res['sweeps'][sweep]['puzzles']} puzzles):\n\n"
+        verdicts = [c["verdict"] for d in study.DEPTHS
+                    if (c := compare(res, (sweep, d, b, "majority"), (sweep, d, b, "conv_top1"))) is not None]
+        return (f"{task} ({res['sweeps'][sweep]['puzzles']} puzzles; pass@B is an expectation over draws, "
+                f"given without an interval):\n\n"
                 + md_table(["B", "rule", *[f"D={d}" for d in study.DEPTHS]], rows) + "\n\n"
                 + claims(res, [f"- {task}: at B={b}, top-1 by convergence >= majority vote at {wins} of "
-                               f"{len(study.DEPTHS)} depths (pass@{b}, the ceiling of any selection rule, at D=64: "
+                               f"{len(study.DEPTHS)} depths; top-1 by convergence > majority vote by the interval rule: "
+                               + ", ".join(f"{verdicts.count(v)} {v}" for v in ("reproduces", "does not reproduce", "inconclusive"))
+                               + f" (pass@{b}, the ceiling of any selection rule, at D=64: "
                                f"{pct(acc(res, sweep, 64, b, f'pass@{b}'))})."]))
     return block
 
@@ -317,7 +382,7 @@ def halting_table(res):
     rows = []
     for name, d, plain, halted in halting_rows(res, [n for n in res["runs"] if n not in ("sudoku-ff", "sudoku-tied")]):
         s = halted["nfe_saving_at_equal_accuracy"]
-        rows.append([f"`{name}`", d, pct(plain["accuracy"]), f"{plain['nfe_per_puzzle']:.0f}", pct(halted["accuracy"]),
+        rows.append([f"`{name}`", d, pct_ci(plain), f"{plain['nfe_per_puzzle']:.0f}", pct_ci(halted),
                      f"{halted['nfe_per_puzzle']:.1f}", "–" if s is None else f"{s:.2f}x"])
     return md_table(["run", "D cap", "exact, no halting", "NFE", "exact, halting", "NFE", "saving at equal accuracy"], rows)
 
@@ -326,11 +391,68 @@ def halting_claims(res):
     lines = []
     for name, d, plain, halted in halting_rows(res, ("sudoku-trm", "sudoku-eqr", "maze-eqr")):
         s = halted["nfe_saving_at_equal_accuracy"]
-        lines.append(f"- elastic halting, `{name}`, D cap {d}: {pct(halted['accuracy'])} with "
-                     f"{halted['nfe_per_puzzle']:.0f} NFE per puzzle against {pct(plain['accuracy'])} with "
-                     f"{plain['nfe_per_puzzle']:.0f} without halting; saving at equal accuracy "
-                     f"{'–' if s is None else f'{s:.2f}x'} ({'a saving' if s and s > 1 else 'no saving'}).")
+        c = compare(res, (b1(name), d, 1, "traj1"), (b1(name), d, 1, "traj1+halt"))
+        # a saving is a ratio of compute at a measured accuracy: no interval, so no verdict by the rule
+        lines.append(f"- elastic halting, `{name}`, D cap {d}: {pct_ci(halted)} with "
+                     f"{halted['nfe_per_puzzle']:.0f} NFE per puzzle against {pct_ci(plain)} with "
+                     f"{plain['nfe_per_puzzle']:.0f} without halting (difference {points(c['difference'])} "
+                     f"({points(c['low'])}, {points(c['high'])})); saving at equal accuracy "
+                     f"{'–' if s is None else f'{s:.2f}x'} ({'a saving' if s and s > 1 else 'no saving'}; "
+                     f"a ratio without an interval, so no verdict).")
     return claims(res, lines)
+
+
+# The paper's claims tested here: (claim, source, the paper's numbers, the cell a claim says is worse, the
+# cell it says is better), cells as (sweep, D, B, rule). Paper numbers as shared/SPEC.md gives them (exact %,
+# Sudoku-Extreme / Maze-Unique 30x30); the study's models are far smaller, so only the direction is compared.
+SPEC = "paper, via shared/SPEC.md"
+PAPER_CLAIMS = [
+    ("weight-tied beats untied feed-forward at equal block applications (Sudoku, 12 NFE; the paper's FF has 42 blocks)",
+     f"{SPEC} (construction path)", "2.6 → 32.6", ("sudoku-ff-d1", 1, 1, "traj1"), ("sudoku-tied-b1", 1, 1, "traj1")),
+    ("supervision over 16 steps beats one step (Sudoku)", f"{SPEC} (construction path)", "32.6 → 74.7",
+     ("sudoku-tied-b1", 1, 1, "traj1"), ("sudoku-tied-sup-b1", 16, 1, "traj1")),
+    ("halting (ACT) beats supervision without it (Sudoku, D=16; the paper's step also adds the two-level state)",
+     f"{SPEC} (construction path)", "76.5 → 84.8", ("sudoku-tied-sup-b1", 16, 1, "traj1"), ("sudoku-trm-b1", 16, 1, "traj1")),
+    ("EqR beats TRM (Sudoku, D=16, B=1)", f"{SPEC} (headline table)", "84.8 → 86.4",
+     ("sudoku-trm-b1", 16, 1, "traj1"), ("sudoku-eqr-b1", 16, 1, "traj1")),
+    *[(f"random initial state lifts TRM (maze, at the trained D=4, training seed {seed})", f"{SPEC} (RI / NI on mazes)",
+       "44.9 → 68.6", (f"maze-trm{suffix}-b1", 4, 1, "traj1"), (f"maze-trm-ri{suffix}-b1", 4, 1, "traj1"))
+      for seed, suffix in ((0, ""), (1, "-s1"))],
+    *[(f"path noise lifts TRM + RI (maze, at the trained D=4, training seed {seed})", f"{SPEC} (RI / NI on mazes)",
+       "68.6 → 82.2", (f"maze-trm-ri{suffix}-b1", 4, 1, "traj1"), (f"maze-eqr{suffix}-b1", 4, 1, "traj1"))
+      for seed, suffix in ((0, ""), (1, "-s1"))],
+    ("depth beyond training helps EqR: 4x the trained depth (Sudoku, D=16 → 64)", f"{SPEC} (headline table)",
+     "86.4 → 93.0", ("sudoku-eqr-b1", 16, 1, "traj1"), ("sudoku-eqr-b1", 64, 1, "traj1")),
+    ("depth beyond training helps EqR: 4x the trained depth (maze, D=4 → 16; the paper's D=16 → 64)",
+     f"{SPEC} (headline table)", "82.2 → 88.9", ("maze-eqr-b1", 4, 1, "traj1"), ("maze-eqr-b1", 16, 1, "traj1")),
+    ("breadth helps EqR: B=64 top-1 by convergence beats B=1 (Sudoku, D=64; the paper's B=128)",
+     f"{SPEC} (headline table)", "93.0 → 99.8", ("sudoku-eqr-grid", 64, 1, "traj1"), ("sudoku-eqr-grid", 64, 64, "conv_top1")),
+    ("breadth helps EqR: B=64 top-1 by convergence beats B=1 (maze, D=64; the paper's B=128)",
+     f"{SPEC} (headline table)", "88.9 → 93.0", ("maze-eqr-grid", 64, 1, "traj1"), ("maze-eqr-grid", 64, 64, "conv_top1")),
+    ("top-1 by convergence beats majority vote (EqR, Sudoku, D=64, B=64)", f"{SPEC} (breadth)", "stated, no number",
+     ("sudoku-eqr-grid", 64, 64, "majority"), ("sudoku-eqr-grid", 64, 64, "conv_top1")),
+    ("top-1 by convergence beats majority vote (EqR, maze, D=64, B=64)", f"{SPEC} (breadth)", "stated, no number",
+     ("maze-eqr-grid", 64, 64, "majority"), ("maze-eqr-grid", 64, 64, "conv_top1")),
+]
+
+
+def stage_command(*sweeps: str) -> str:
+    """The driver command that makes these sweeps' numbers: their training stages and theirs."""
+    by_name = {s.name: s for s in study.SWEEPS}
+    keys = dict.fromkeys(k for name in sweeps for k in (f"train-{by_name[name].run}", f"eval-{name}"))
+    return "python scripts/reproduce_cpu.py run " + " ".join(keys)
+
+
+def claims_table(res):
+    rows = []
+    for claim, source, paper, base, better in PAPER_CLAIMS:
+        c = compare(res, base, better)
+        ours = "not run (stage missing)" if c is None else (
+            f"{pct_ci(c['base'])} → {pct_ci(c['better'])}; difference {points(c['difference'])} "
+            f"({points(c['low'])}, {points(c['high'])}), {c['method']}")
+        rows.append([claim, source, paper, ours, "–" if c is None else f"**{c['verdict']}**",
+                     f"`{stage_command(*dict.fromkeys((base[0], better[0])))}`"])
+    return md_table(["claim", "source", "paper (exact %)", "ours (exact %, 95 % interval)", "verdict", "command"], rows)
 
 
 def commands_table(res):
@@ -375,6 +497,7 @@ BLOCKS = {
     "halting_claims": halting_claims,
     "commands_table": commands_table,
     "shipped": shipped_block,
+    "claims_table": claims_table,
     "summary": lambda res: "\n".join(res["claims"]),
 }
 
