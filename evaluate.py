@@ -236,7 +236,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     start_batch = sweep.start_batch
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
-    writer = predictions.ShardWriter(output_dir, rank, world_size, start_batch, data.meta.vocab_size) if cfg.save_outputs else None
+    writer = (predictions.ShardWriter(output_dir, rank, world_size, start_batch, data.meta.vocab_size)
+              if cfg.save_outputs else None)
 
     if rank == 0:
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "

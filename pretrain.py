@@ -135,7 +135,8 @@ def model_config_for(arch: dict, train: Split) -> ModelConfig:
     meta = train.meta
     for key in ("seq_len", "vocab_size"):
         if arch.get(key) is not None and arch[key] != getattr(meta, key):
-            raise ConfigError(f"arch.{key}: set to {arch[key]} but the dataset {train.data_path} has {key} {getattr(meta, key)}")
+            raise ConfigError(f"arch.{key}: set to {arch[key]} but the dataset {train.data_path} has {key} "
+                              f"{getattr(meta, key)}")
     given = {k: v for k, v in arch.items() if k not in ("seq_len", "vocab_size")}
     return ModelConfig.from_dict(given, seq_len=meta.seq_len, vocab_size=meta.vocab_size)
 
@@ -256,7 +257,7 @@ def _wandb_id(run_name: str) -> str:
 def evaluate(inner, test: Split, cfg: dict, device, rank: int, world_size: int) -> dict:
     """The evaluator's cell D = halt_max_steps, B = 1 (evaluation/grid.py) on the first eval_max_examples test
     examples: each rank counts its share, the counts are summed. Torch's generator is forked and seeded
-    `seed + rank`, so that training's random streams go on undisturbed."""
+    `seed + rank`, so that training's random streams go on undisturbed. -> the values of an evaluation line."""
     spec = GridSpec((inner.config.halt_max_steps,), (1,), inner.config.blocks_per_step)
     counts = torch.zeros(len(FIELDS), dtype=torch.long, device=device)
     batch_size = cfg["eval_batch_size"] or cfg["global_batch_size"]
@@ -272,7 +273,8 @@ def evaluate(inner, test: Split, cfg: dict, device, rank: int, world_size: int) 
     if world_size > 1:
         dist.all_reduce(counts)
     correct, total, token_correct, token_total, _ = counts.tolist()
-    return {"exact_accuracy": correct / max(total, 1), "accuracy": token_correct / max(token_total, 1), "count": float(total)}
+    return {"exact_accuracy": correct / max(total, 1), "accuracy": token_correct / max(token_total, 1),
+            "count": float(total)}
 
 
 # ----------------------------------------------------------------------------- training

@@ -50,8 +50,8 @@ class TrainLoader:
         self.epoch, self.step_in_epoch = 0, 0
         self._plan = None  # (epoch, example rows [batches, G], puzzle of each row [batches, G])
         if len(self._epoch_plan(0)[1]) == 0:
-            raise DatasetError(f"{split.data_path}/{split.name}: one epoch holds fewer examples than the global batch size "
-                               f"{global_batch_size} (total_groups {self.metadata.total_groups})")
+            raise DatasetError(f"{split.data_path}/{split.name}: one epoch holds fewer examples than the global batch "
+                               f"size {global_batch_size} (total_groups {self.metadata.total_groups})")
 
     def _epoch_plan(self, epoch: int):
         if self._plan is not None and self._plan[0] == epoch:

@@ -13,12 +13,12 @@ torn by a kill or a full disk can only be the last one; reading drops it with a 
 `step`, the optimizer step (from 1) it was logged at, and is one of two kinds, written by train_line / eval_line
 with the key names below (readers index records with STEP, LR, TIME_S, TRAIN[name], EVAL[name]):
 - a training line, every log_interval_steps, at the last step and at a stop: `lr`, the learning rate of that step;
-  `train/<name>` for each name of TRAIN, over the steps since the line before: lm_loss and q_halt_loss (summed over
-  the rows of each step, per row of the global batch, averaged over the steps), and over the rows that halted in
-  them: accuracy (token accuracy, per row), exact_accuracy (the whole answer right), q_halt_accuracy (the halting
-  head's q > 0 agrees with exact correctness), steps (supervision steps the row took), count (the number of
-  such rows, a float); grad_norm, the mean over the steps of the global gradient norm; last `time_s`, seconds
-  since this process started its loop (a resumed run counts from its resume).
+  `train/<name>` for each name of TRAIN, over the steps since the line before: lm_loss (the answer's mean token
+  cross-entropy) and q_halt_loss (the halting head's), each per row of the global batch and step; over the rows
+  that halted in those steps: accuracy (token accuracy, per row), exact_accuracy (the whole answer right),
+  q_halt_accuracy (q > 0 agreed with it), steps (supervision steps the row took) and count (the number of such
+  rows, a float); grad_norm, the mean over the steps of the global gradient norm; last `time_s`, seconds since
+  this process started its loop (a resumed run counts from its resume).
 - an evaluation line: `eval/<name>` for each name of EVAL, on the test split (the first eval_max_examples):
   exact_accuracy, accuracy (token accuracy pooled over the labelled cells) and count (puzzles, a float).
 """
