@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from config import compose_config
+from dataset.common import open_split
 from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import diagnostics_summary as summary_file
 from evaluation.grid import fresh_init_std
@@ -172,11 +173,13 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     """Trace every puzzle; rank 0 writes the outputs and returns the summary (other ranks: None)."""
     if cfg.summary_only:
         return resummarise(cfg) if rank == 0 else None
-    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, "float32", device, world_size, cfg.data_path, cfg.split,
-                            {"noise_scale": 0.0} if cfg.noise == "off" else None)
+    opened = open_split(cfg.data_path, cfg.split) if cfg.data_path else None
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, "float32", device, world_size,
+                            opened.meta if opened else None, {"noise_scale": 0.0} if cfg.noise == "off" else None)
     inner = head.model.inner.to(device).eval()
     model_config = inner.config
-    data_path, _ = dataset_for(cfg.data_path, info["train_config"], cfg.split, model_config)
+    data = dataset_for(opened, info["train_config"], cfg.split, model_config)
+    data_path = data.data_path
     if cfg.global_batch_size % world_size:
         raise ConfigError(f"global_batch_size: {cfg.global_batch_size} does not split over {world_size} processes")
     depth = cfg.depth or model_config.halt_max_steps
@@ -187,10 +190,10 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
     if cfg.lyapunov_k > state_size:
         raise ConfigError(f"lyapunov_k: {cfg.lyapunov_k} exceeds the joint state's dimension {state_size}")
     seed = cfg.seed if cfg.seed is not None else int(train_setting(info["train_config"], "seed") or 0)
-    examples = num_test_examples(data_path, cfg.split, cfg.max_examples)
+    examples = num_test_examples(data, cfg.max_examples)
     if examples == 0:
         raise ConfigError(f"data_path: {data_path}/{cfg.split} holds no puzzles; there is nothing to diagnose")
-    num_batches = num_test_batches(data_path, cfg.global_batch_size, cfg.split, examples)
+    num_batches = num_test_batches(data, cfg.global_batch_size, examples)
 
     identity = {"checkpoint_sha256": info["sha256"], "data_path": os.path.abspath(data_path), "split": cfg.split,
                 "examples": examples, "global_batch_size": cfg.global_batch_size, "world_size": world_size,
@@ -213,7 +216,7 @@ def diagnose(cfg: DiagnoseConfig, rank: int, world_size: int, device: torch.devi
         parts[:] = [{name: torch.cat([p[name] for p in parts]) for name in parts[0]}]
         return {"records": parts[0]}
 
-    for batch_index, batch in sweep.batches(data_path, cfg.global_batch_size, cfg.split, examples, device, num_batches,
+    for batch_index, batch in sweep.batches(data, cfg.global_batch_size, examples, device, num_batches,
                                             examples, cfg.save_every_batches, progress=cfg.progress,
                                             desc=f"diagnose D{depth} k{cfg.lyapunov_k}"):
         sampler = KeyedSampler(seed, *trajectory_keys(batch["index"], cfg.breadth))

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from config import compose_eval_config
+from dataset.common import open_split
 from dataset.puzzle_dataset import num_test_batches, num_test_examples
 from evaluation import predictions, render, report
 from evaluation.grid import GridSpec, fresh_init_std, memory_lower_bound, row_keys, run_batch
@@ -190,8 +191,9 @@ def keep_examples(shown: dict, batch: dict, answers: dict, limit: int) -> None:
 
 def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
     """Run the grid; rank 0 writes the outputs and returns the results dict (other ranks: None)."""
-    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size, cfg.data_path,
-                            cfg.split)
+    opened = open_split(cfg.data_path, cfg.split) if cfg.data_path else None
+    head, info = load_model(cfg.checkpoint, cfg.trust_checkpoint, cfg.forward_dtype, device, world_size,
+                            opened.meta if opened else None)
     model_config = head.model.config
     inner = head.model.inner.to(device).eval()
     broken = [name for name, p in head.named_parameters() if not torch.isfinite(p).all()]
@@ -201,7 +203,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     compiled = compile_core(inner, cfg.compile, device)
     train_config = info["train_config"]
 
-    data_path, meta = dataset_for(cfg.data_path, train_config, cfg.split, model_config)
+    data = dataset_for(opened, train_config, cfg.split, model_config)
+    data_path = data.data_path
     global_batch_size = cfg.global_batch_size or train_setting(train_config, "global_batch_size")
     if not global_batch_size:
         raise ConfigError("global_batch_size: the checkpoint does not record one; pass global_batch_size=N")
@@ -212,8 +215,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     pool_size = pool_rows(cfg, spec, global_batch_size, world_size) if spec.elastic else None
     check_memory(model_config, spec, global_batch_size, world_size, device, pool_size)
     max_examples = cfg.max_eval_steps * global_batch_size if cfg.max_eval_steps else None
-    num_batches = num_test_batches(data_path, global_batch_size, cfg.split, max_examples)
-    examples = num_test_examples(data_path, cfg.split, max_examples)
+    num_batches = num_test_batches(data, global_batch_size, max_examples)
+    examples = num_test_examples(data, max_examples)
     if examples == 0:
         raise ConfigError(f"data_path: {data_path}/{cfg.split} holds no puzzles; there is nothing to evaluate")
 
@@ -234,7 +237,8 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     start_batch = sweep.start_batch
     if cfg.rng == "torch":
         torch.manual_seed(seed + rank)
-    writer = predictions.ShardWriter(output_dir, rank, world_size, start_batch, meta.vocab_size) if cfg.save_outputs else None
+    writer = (predictions.ShardWriter(output_dir, rank, world_size, start_batch, data.meta.vocab_size)
+              if cfg.save_outputs else None)
 
     if rank == 0:
         print(f"evaluating {info['uri']} (step {info['step']}, sha256 {info['sha256'][:12]}, "
@@ -249,7 +253,7 @@ def evaluate(cfg: EvalConfig, rank: int, world_size: int, device: torch.device) 
     shown = {"task": task, "solved": [], "failed": []}  # rank 0's first answers at the largest cell, to draw
     want_shown = rank == 0 and cfg.plots and cfg.render_examples > 0 and task is not None
     cpu_started = time.process_time()
-    batches = sweep.batches(data_path, global_batch_size, cfg.split, max_examples, device, num_batches, examples,
+    batches = sweep.batches(data, global_batch_size, max_examples, device, num_batches, examples,
                             cfg.save_every_batches, cfg.save_every_seconds, cfg.progress,
                             f"eval D{spec.max_depth} B{spec.max_breadth}")
     pool_stats = {}

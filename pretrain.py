@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from config import compose_train_config
 from config.reference_keys import typed_keys
-from dataset.common import DatasetError, load_metadata, load_split
+from dataset.common import DatasetError, Split, open_split
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches, num_test_examples
 from evaluation.curves import plot_training_curves
 from evaluation.grid import FIELDS, GridSpec, run_batch
@@ -53,7 +53,7 @@ from utils.entry import run_entry
 from utils.errors import CheckpointError, RunError, first_line
 from utils.files import atomic_write, remove_stale_temp_files
 from utils.processes import StopRequests, broadcast, exit_process, free_memory, resolve_forward_dtype
-from utils.run_folder import RunLock, read_metrics, truncate_metrics
+from utils.run_folder import EVAL, STEP, RunLock, eval_line, read_metrics, train_line, truncate_metrics
 from utils.typecheck import at_least, check_fields, choice, from_config, must, positive, ranged
 from utils.wandb_logger import Logger
 
@@ -118,28 +118,30 @@ def saved_config(tc: TrainConfig, model_config: ModelConfig) -> dict:
     return {**asdict(tc), "arch": {**tc.arch, **model_config.to_dict()}}
 
 
-def model_config_for(arch: dict, data_path: str) -> ModelConfig:
+def model_config_for(arch: dict, train: Split) -> ModelConfig:
     """ModelConfig from the arch config and the training split's metadata; explicit values must agree."""
-    meta = load_metadata(data_path, "train")
+    meta = train.meta
     for key in ("seq_len", "vocab_size"):
         if arch.get(key) is not None and arch[key] != getattr(meta, key):
-            raise ConfigError(f"arch.{key}: set to {arch[key]} but the dataset {data_path} has {key} {getattr(meta, key)}")
+            raise ConfigError(f"arch.{key}: set to {arch[key]} but the dataset {train.data_path} has {key} "
+                              f"{getattr(meta, key)}")
     given = {k: v for k, v in arch.items() if k not in ("seq_len", "vocab_size")}
     return ModelConfig.from_dict(given, seq_len=meta.seq_len, vocab_size=meta.vocab_size)
 
 
-def check_test_split(data_path: str) -> None:
-    """Read the test split at start, every value checked, so that a bad one stops the run before step 1
+def open_test_split(train: Split) -> Split:
+    """The test split, opened at start with every value checked, so that a bad one stops the run before step 1
     rather than at its first evaluation."""
-    train = load_metadata(data_path, "train")
-    test, arrays = load_split(data_path, "test", check_values=True)
-    if len(arrays["inputs"]) == 0:
+    data_path = train.data_path
+    test = open_split(data_path, "test")
+    if test.num_examples == 0:
         raise DatasetError(f"{os.path.join(data_path, 'test')}: holds no puzzles, so every evaluation would score 0 of 0; "
                            f"rebuild it with test puzzles, or remove the folder to train without evaluation")
     for key in ("seq_len", "vocab_size"):
-        if getattr(test, key) != getattr(train, key):
-            raise DatasetError(f"{os.path.join(data_path, 'test', 'dataset.json')}: {key} {getattr(test, key)}, "
-                               f"but the training split has {getattr(train, key)}")
+        if getattr(test.meta, key) != getattr(train.meta, key):
+            raise DatasetError(f"{os.path.join(data_path, 'test', 'dataset.json')}: {key} {getattr(test.meta, key)}, "
+                               f"but the training split has {getattr(train.meta, key)}")
+    return test
 
 
 def check_model_fits(config: ModelConfig, tc: TrainConfig, world_size: int, device: torch.device) -> None:
@@ -183,27 +185,27 @@ def to_device(tree, device):
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(inner, tc: TrainConfig, device, rank: int, world_size: int) -> dict:
+def evaluate(inner, test: Split, tc: TrainConfig, device, rank: int, world_size: int) -> dict:
     """The evaluator's cell D = halt_max_steps, B = 1 (evaluation/grid.py) on the first eval_max_examples test
     examples: each rank counts its share, the counts are summed. Torch's generator is forked and seeded
-    `seed + rank`, so that training's random streams go on undisturbed."""
+    `seed + rank`, so that training's random streams go on undisturbed. -> the values of an evaluation line."""
     spec = GridSpec((inner.config.halt_max_steps,), (1,), inner.config.blocks_per_step)
     counts = torch.zeros(len(FIELDS), dtype=torch.long, device=device)
     batch_size = tc.eval_batch_size or tc.global_batch_size
-    puzzles = num_test_examples(tc.data_path, "test", tc.eval_max_examples)
+    puzzles = num_test_examples(test, tc.eval_max_examples)
     bar = tqdm(total=puzzles, unit="puzzle", desc=f"eval D{spec.max_depth}", leave=False, disable=rank != 0,
                dynamic_ncols=True)
     with bar, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(tc.seed + rank)
-        for batch in iter_test_batches(tc.data_path, batch_size, rank, world_size, max_examples=tc.eval_max_examples):
+        for batch in iter_test_batches(test, batch_size, rank, world_size, max_examples=tc.eval_max_examples):
             cells = run_batch(inner.eval(), to_device(batch, device), spec, TORCH_SAMPLER)[0]
             counts += cells[0, 0, spec.rules.index("traj1")]
             bar.update(min(batch_size, puzzles - bar.n))
     if world_size > 1:
         dist.all_reduce(counts)
     correct, total, token_correct, token_total, _ = counts.tolist()
-    return {"eval/exact_accuracy": correct / max(total, 1), "eval/accuracy": token_correct / max(token_total, 1),
-            "eval/count": float(total)}
+    return {"exact_accuracy": correct / max(total, 1), "accuracy": token_correct / max(token_total, 1),
+            "count": float(total)}
 
 
 # ----------------------------------------------------------------------------- training
@@ -254,15 +256,15 @@ def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.Exi
     if "forward_dtype" in arch:  # `auto` resolved here, so that the checkpoint says which it was
         arch = {**arch, "forward_dtype": resolve_forward_dtype(arch["forward_dtype"], device, world_size,
                                                                 "arch.forward_dtype" in typed, "arch.forward_dtype")}
-    model_config = model_config_for(arch, tc.data_path)
+    train_split = open_split(tc.data_path, "train")
+    model_config = model_config_for(arch, train_split)
     check_model_fits(model_config, tc, world_size, device)
-    loader = TrainLoader(tc.data_path, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)
+    loader = TrainLoader(train_split, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)
     total_steps = tc.epochs * max(loader.steps_per_epoch, 1)
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
     has_test = os.path.isfile(os.path.join(tc.data_path, "test", "dataset.json"))
-    if has_test:
-        check_test_split(tc.data_path)
+    test_split = open_test_split(train_split) if has_test else None
 
     # Run folder: every rank needs the same name, and the default one holds a timestamp.
     named = tc.run_name or tc.checkpoint_path  # else a stopped run is resumed with run_name=<this one's>
@@ -340,12 +342,12 @@ def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.Exi
         eval_head.load_state_dict(head.state_dict())
         if ema is not None:
             ema.copy_to(eval_head)
-        results = evaluate(eval_head.model.inner, tc, device, rank, world_size)
-        history.append((step, results["eval/exact_accuracy"]))
+        results = evaluate(eval_head.model.inner, test_split, tc, device, rank, world_size)
+        history.append((step, results["exact_accuracy"]))
         if rank == 0:
-            logger.log({"step": step, **results})
-            bar.write(f"step {step}: eval exact {results['eval/exact_accuracy']:.4f} token {results['eval/accuracy']:.4f} "
-                      f"({int(results['eval/count'])} puzzles{', EMA' if ema else ''})")
+            logger.log(eval_line(step, results))
+            bar.write(f"step {step}: eval exact {results['exact_accuracy']:.4f} token {results['accuracy']:.4f} "
+                      f"({int(results['count'])} puzzles{', EMA' if ema else ''})")
 
     if eval_head is not None and step == total_steps and (not history or history[-1][0] < step):
         run_eval(step)  # a run killed during its final evaluation, resumed: the checkpoint is there, the numbers not
@@ -368,9 +370,8 @@ def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.Exi
                 dist.all_reduce(sums)
             summary = summarize_metrics(dict(zip(METRIC_KEYS, sums.tolist())), tc.global_batch_size * logged_steps)
             if rank == 0:
-                logger.log({"step": step, "lr": lr, **{f"train/{k}": v for k, v in summary.items()},
-                            "train/grad_norm": grad_norm_sum.item() / logged_steps,
-                            "time_s": round(time.time() - start_time, 3)})
+                logger.log(train_line(step, lr, {**summary, "grad_norm": grad_norm_sum.item() / logged_steps},
+                                      round(time.time() - start_time, 3)))
                 bar.set_postfix(loss=f"{summary['lm_loss']:.4f}", exact=f"{summary['exact_accuracy']:.3f}")
             sums.zero_()
             grad_norm_sum.zero_()
@@ -411,7 +412,7 @@ def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.Exi
 
 def eval_history(metrics_path: str) -> list[tuple[int, float]]:
     """(step, test exact accuracy) of every evaluation a resumed run logged before its checkpoint."""
-    return [(r["step"], r["eval/exact_accuracy"]) for r in read_metrics(metrics_path) if "eval/exact_accuracy" in r]
+    return [(r[STEP], r[EVAL["exact_accuracy"]]) for r in read_metrics(metrics_path) if EVAL["exact_accuracy"] in r]
 
 
 def plateaued(history: list[tuple[int, float]], patience: int | None) -> bool:

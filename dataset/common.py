@@ -129,6 +129,24 @@ def load_split(data_path: str, split: str, check_values: bool = True) -> tuple[P
     return meta, arrays
 
 
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset folder, opened once per process (open_split) and handed to what reads it."""
+    data_path: str
+    name: str
+    meta: PuzzleDatasetMetadata
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.arrays["inputs"])
+
+
+def open_split(data_path: str, name: str) -> Split:
+    """load_split with every value checked, kept for the process's life."""
+    return Split(data_path, name, *load_split(data_path, name, check_values=True))
+
+
 def write_dataset(output_dir: str, splits: dict[str, tuple[PuzzleDatasetMetadata, dict[str, np.ndarray]]],
                   identifiers: list[str] | None = None) -> None:
     """Writes a whole dataset folder atomically: everything goes to a temporary sibling folder that is

@@ -1,4 +1,5 @@
-"""Batches from a dataset folder, for training (TrainLoader) and evaluation (iter_test_batches).
+"""Batches from a dataset split opened by dataset.common.open_split, for training (TrainLoader) and evaluation
+(iter_test_batches).
 
 Training, as the reference samples: each epoch is a permutation of the groups; from each group one
 puzzle is drawn, and its examples (in random order) fill the global batch; a puzzle that does not fit
@@ -13,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from dataset.common import DatasetError, PuzzleDatasetMetadata, load_split
+from dataset.common import DatasetError, PuzzleDatasetMetadata, Split
 from utils.constants import IGNORE_LABEL_ID
 
 
@@ -35,10 +36,10 @@ def _to_tensors(meta: PuzzleDatasetMetadata, inputs: np.ndarray, labels: np.ndar
 
 
 class TrainLoader:
-    def __init__(self, data_path: str, global_batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train"):
+    def __init__(self, split: Split, global_batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.local_batch_size = _local_batch_size(global_batch_size, rank, world_size)
         self.global_batch_size, self.seed, self.rank = global_batch_size, seed, rank
-        self.metadata, arrays = load_split(data_path, split)
+        self.metadata, arrays = split.meta, split.arrays
         self.inputs, self.labels = arrays["inputs"], arrays["labels"]
         self.puzzle_identifiers = arrays["puzzle_identifiers"]
         self.puzzle_indices = arrays["puzzle_indices"].astype(np.int64)
@@ -49,8 +50,8 @@ class TrainLoader:
         self.epoch, self.step_in_epoch = 0, 0
         self._plan = None  # (epoch, example rows [batches, G], puzzle of each row [batches, G])
         if len(self._epoch_plan(0)[1]) == 0:
-            raise DatasetError(f"{data_path}/{split}: one epoch holds fewer examples than the global batch size "
-                               f"{global_batch_size} (total_groups {self.metadata.total_groups})")
+            raise DatasetError(f"{split.data_path}/{split.name}: one epoch holds fewer examples than the global batch "
+                               f"size {global_batch_size} (total_groups {self.metadata.total_groups})")
 
     def _epoch_plan(self, epoch: int):
         if self._plan is not None and self._plan[0] == epoch:
@@ -98,23 +99,22 @@ class TrainLoader:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
 
 
-def num_test_examples(data_path: str, split: str = "test", max_examples: int | None = None) -> int:
+def num_test_examples(split: Split, max_examples: int | None = None) -> int:
     """The examples a pass over the split covers: all of them, or the first `max_examples`."""
-    total = len(load_split(data_path, split, check_values=False)[1]["inputs"])
-    return total if not max_examples else min(total, max_examples)
+    return split.num_examples if not max_examples else min(split.num_examples, max_examples)
 
 
-def num_test_batches(data_path: str, global_batch_size: int, split: str = "test", max_examples: int | None = None) -> int:
-    return math.ceil(num_test_examples(data_path, split, max_examples) / global_batch_size)
+def num_test_batches(split: Split, global_batch_size: int, max_examples: int | None = None) -> int:
+    return math.ceil(num_test_examples(split, max_examples) / global_batch_size)
 
 
-def iter_test_batches(data_path: str, global_batch_size: int, rank: int = 0, world_size: int = 1, split: str = "test",
+def iter_test_batches(split: Split, global_batch_size: int, rank: int = 0, world_size: int = 1,
                       max_examples: int | None = None, start_batch: int = 0):
     """Every example once, in order. Batch k covers global examples [k*G, (k+1)*G); rank r takes rows
     [r*L, (r+1)*L) of it. Rows past the end are padding: inputs pad_id, labels -100, mask False, index -1.
     Yields inputs, labels, puzzle_identifiers (int32), mask (bool) and index (int64)."""
     L = _local_batch_size(global_batch_size, rank, world_size)
-    meta, arrays = load_split(data_path, split)
+    meta, arrays = split.meta, split.arrays
     total = len(arrays["inputs"]) if max_examples is None else min(len(arrays["inputs"]), max_examples)
     puzzle_indices = arrays["puzzle_indices"]
     for k in range(start_batch, math.ceil(total / global_batch_size)):

@@ -8,13 +8,13 @@ import os
 
 from evaluation import render
 from utils.errors import RunError
-from utils.run_folder import read_metrics
+from utils.run_folder import EVAL, LR, STEP, TRAIN, read_metrics
 
 CURVES_NAME = "training_curves.png"
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    points = [(r[STEP], r[key]) for r in records if r.get(key) is not None]
     return [s for s, _ in points], [v for _, v in points]
 
 
@@ -28,19 +28,19 @@ def plot_training_curves(run_dir: str, path: str | None = None) -> str:
 
     plt = render.pyplot()
     fig, (loss, accuracy, lr) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
-    for key, label in (("train/lm_loss", "answer loss (train)"), ("train/q_halt_loss", "halting loss (train)")):
+    for key, label in ((TRAIN["lm_loss"], "answer loss (train)"), (TRAIN["q_halt_loss"], "halting loss (train)")):
         loss.plot(*_series(records, key), label=label)
     loss.set_yscale("log")
     loss.set_ylabel("loss per puzzle")
-    for key, label, style in (("train/exact_accuracy", "exact, train batches", "-"),
-                              ("eval/exact_accuracy", "exact, test evaluation", "o-"),
-                              ("train/accuracy", "token, train batches", "--"),
-                              ("eval/accuracy", "token, test evaluation", "o--")):
+    for key, label, style in ((TRAIN["exact_accuracy"], "exact, train batches", "-"),
+                              (EVAL["exact_accuracy"], "exact, test evaluation", "o-"),
+                              (TRAIN["accuracy"], "token, train batches", "--"),
+                              (EVAL["accuracy"], "token, test evaluation", "o--")):
         steps, values = _series(records, key)
         accuracy.plot(steps, [100 * v for v in values], style, label=label, markersize=4)
     accuracy.set_ylabel("accuracy (%)")
     accuracy.set_ylim(0, 100)
-    lr.plot(*_series(records, "lr"))
+    lr.plot(*_series(records, LR))
     lr.set_ylabel("learning rate")
     lr.set_xlabel("optimizer step")
     for ax in (loss, accuracy, lr):
@@ -48,7 +48,7 @@ def plot_training_curves(run_dir: str, path: str | None = None) -> str:
     for ax in (loss, accuracy):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    last = records[-1]["step"]
+    last = records[-1][STEP]
     fig.suptitle(f"{os.path.basename(os.path.abspath(run_dir))}: training curves to step {last}", fontsize=10)
     render.save_figure(fig, path)
     return path

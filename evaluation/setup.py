@@ -1,8 +1,9 @@
 """What the evaluating entry points (evaluate.py, solve.py, diagnose.py) do before their pass: load a checkpoint in the
-dtype to run, find its dataset and the settings it was trained with, and name its output folder."""
+dtype to run, open its dataset's split (once: the opened split is what the pass reads), find the settings it was
+trained with, and name its output folder."""
 import os
 
-from dataset.common import load_metadata
+from dataset.common import PuzzleDatasetMetadata, Split, open_split
 from models.checkpoint import load_for_eval
 from utils.errors import ConfigError
 from utils.processes import resolve_forward_dtype
@@ -25,26 +26,26 @@ def train_setting(train_config: dict, key: str):
     return None
 
 
-def dataset_for(data_path: str | None, train_config: dict, split: str, model_config):
-    """The dataset to run on (the one given, else the checkpoint's), checked against the model's shapes
-    -> (its path, its split's metadata)."""
-    data_path = data_path or train_setting(train_config, "data_path")
-    if not data_path:
-        raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
-    meta = load_metadata(data_path, split)
+def dataset_for(opened: Split | None, train_config: dict, split: str, model_config) -> Split:
+    """The split to run on: `opened` (the data_path given), else the checkpoint's dataset's, opened here; checked
+    against the model's shapes."""
+    if opened is None:
+        data_path = train_setting(train_config, "data_path")
+        if not data_path:
+            raise ConfigError("data_path: the checkpoint does not record its dataset; pass data_path=<dataset folder>")
+        opened = open_split(data_path, split)
     for key in ("seq_len", "vocab_size"):
-        if getattr(meta, key) != getattr(model_config, key):
-            raise ConfigError(f"data_path: {data_path} has {key} {getattr(meta, key)}, "
+        if getattr(opened.meta, key) != getattr(model_config, key):
+            raise ConfigError(f"data_path: {opened.data_path} has {key} {getattr(opened.meta, key)}, "
                               f"the checkpoint's model {getattr(model_config, key)}")
-    return data_path, meta
+    return opened
 
 
 def load_model(checkpoint: str, trust: bool, forward_dtype: str | None, device, world_size: int,
-               data_path: str | None = None, split: str = "test", overrides: dict | None = None):
+               data_meta: PuzzleDatasetMetadata | None = None, overrides: dict | None = None):
     """load_for_eval in the dtype to run: forward_dtype as given (auto: the device's native one), or the checkpoint's,
     except that a bfloat16 checkpoint on a device without bf16 units runs in float32 (one notice says so). A file
-    that does not record its sizes is sized by data_path's split."""
-    data_meta = load_metadata(data_path, split) if data_path else None
+    that does not record its sizes is sized by data_meta, the split's to run on."""
 
     def load(dtype):
         return load_for_eval(checkpoint, trust_checkpoint=trust, data_seq_len=data_meta.seq_len if data_meta else None,

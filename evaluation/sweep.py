@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from dataset.common import Split
 from dataset.puzzle_dataset import iter_test_batches
 from utils.errors import ConfigError
 from utils.files import atomic_save, check_writable, hold_folder
@@ -93,7 +94,7 @@ class Sweep:
         self.start_batch = self.state.get("next_batch", 0)
         self.seconds_before = self.state.get("seconds", 0.0)
 
-    def batches(self, data_path: str, global_batch_size: int, split: str, max_examples: int | None, device,
+    def batches(self, split: Split, global_batch_size: int, max_examples: int | None, device,
                 num_batches: int, examples: int, save_every_batches: int, save_every_seconds: float = math.inf,
                 progress: bool = True, desc: str = ""):
         """(batch index, batch on `device`) of this rank's shard from `start_batch`, with rank 0's progress bar."""
@@ -104,8 +105,8 @@ class Sweep:
                         desc=desc, disable=self.rank != 0 or not progress, dynamic_ncols=True, smoothing=0.1)
         self.kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
         self.started = self.last_save = time.time()
-        for i, batch in enumerate(iter_test_batches(data_path, global_batch_size, self.rank, self.world_size, split,
-                                                    max_examples, start_batch=self.start_batch), start=self.start_batch):
+        for i, batch in enumerate(iter_test_batches(split, global_batch_size, self.rank, self.world_size, max_examples,
+                                                    start_batch=self.start_batch), start=self.start_batch):
             yield i, {k: v.to(device) for k, v in batch.items()}
         self.bar.close()
 

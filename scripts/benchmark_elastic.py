@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from dataset.common import open_split  # noqa: E402
 from dataset.puzzle_dataset import iter_test_batches  # noqa: E402
 from evaluation.grid import GridSpec, row_keys, run_batch  # noqa: E402
 from evaluation.keyed_rng import KeyedSampler  # noqa: E402
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     head, info = load_for_eval(args.checkpoint)
     inner = head.model.inner.eval()
     rules = rules_from(args.thresholds, args.confirm, "consecutive", 1)
-    batches = list(iter_test_batches(args.data, args.batch, 0, 1, "test", args.puzzles))
+    batches = list(iter_test_batches(open_split(args.data, "test"), args.batch, 0, 1, args.puzzles))
     puzzles = sum(int(b["mask"].sum()) for b in batches)
     pool = args.pool or args.batch * args.breadth
     print(f"{info['uri']} on {args.data}: {puzzles} puzzles, B{args.breadth}, rules {[r.label for r in rules]}, "

@@ -27,6 +27,7 @@ from test_run_faults import TRM, one_error_line, start, wait_for
 from test_solve import MAZE, PUZZLE, SUDOKU
 from test_train import ROOT, overrides, read_metrics, sudoku_path  # noqa: F401 (fixture)
 from utils import files
+from utils.run_folder import TRAIN
 
 SOLVE = ["forward_dtype=float32", "device=cpu", "halt_max_steps=2"]
 
@@ -305,7 +306,7 @@ def test_sigterm_logs_the_training_metrics_up_to_the_stopping_step(sudoku_path, 
     step = int((run / "latest").read_text().strip().removeprefix("step_").removesuffix(".pt"))
     records = read_metrics(run)
     assert [r["step"] for r in records] == [step]  # no log step was reached: the one line is the stop's
-    assert records[0]["train/lm_loss"] > 0  # the steps since the start, summarised
+    assert records[0][TRAIN["lm_loss"]] > 0  # the steps since the start, summarised
 
 
 def test_an_empty_test_split_is_refused_at_start(sudoku_path, tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.common import DatasetError, PuzzleDatasetMetadata, load_metadata, load_split, write_dataset
+from dataset.common import DatasetError, PuzzleDatasetMetadata, load_metadata, load_split, open_split, write_dataset
 from dataset.puzzle_dataset import TrainLoader, iter_test_batches, num_test_batches
 from utils.constants import IGNORE_LABEL_ID
 from tests.data_fixtures import SUDOKU_AUG, array_path, copy_dataset, maze_dir, sudoku_dir  # noqa: F401 (fixtures)
@@ -22,7 +22,7 @@ def group_of_rows(data_dir, split="train"):
 
 
 def test_train_batches_shapes_and_one_puzzle_per_group(sudoku_dir):
-    loader = TrainLoader(sudoku_dir, global_batch_size=16, seed=3)
+    loader = TrainLoader(open_split(sudoku_dir, "train"), global_batch_size=16, seed=3)
     assert loader.steps_per_epoch == 40 // 16 and loader.local_batch_size == 16
     groups = group_of_rows(sudoku_dir)
     seen = []
@@ -39,8 +39,9 @@ def test_train_batches_shapes_and_one_puzzle_per_group(sudoku_dir):
 
 
 def test_two_ranks_cover_what_one_rank_covers(sudoku_dir):
-    whole = TrainLoader(sudoku_dir, global_batch_size=8, seed=1)
-    ranks = [TrainLoader(sudoku_dir, global_batch_size=8, seed=1, rank=r, world_size=2) for r in range(2)]
+    train = open_split(sudoku_dir, "train")
+    whole = TrainLoader(train, global_batch_size=8, seed=1)
+    ranks = [TrainLoader(train, global_batch_size=8, seed=1, rank=r, world_size=2) for r in range(2)]
     assert ranks[0].local_batch_size == 4
     for _ in range(12):  # crosses epoch boundaries (5 steps per epoch)
         expected = whole.next_batch()
@@ -50,28 +51,30 @@ def test_two_ranks_cover_what_one_rank_covers(sudoku_dir):
 
 
 def test_resume_mid_epoch_gives_identical_batches(sudoku_dir):
-    loader = TrainLoader(sudoku_dir, global_batch_size=8, seed=7)
+    train = open_split(sudoku_dir, "train")
+    loader = TrainLoader(train, global_batch_size=8, seed=7)
     for _ in range(3):
         loader.next_batch()
     buffer = io.BytesIO()
     torch.save({"loader": loader.state_dict()}, buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)["loader"]
-    resumed = TrainLoader(sudoku_dir, global_batch_size=8, seed=7)
+    resumed = TrainLoader(train, global_batch_size=8, seed=7)
     resumed.load_state_dict(state)
     for _ in range(8):
         a, b = loader.next_batch(), resumed.next_batch()
         assert all(torch.equal(a[k], b[k]) for k in a)
-    other_seed = TrainLoader(sudoku_dir, global_batch_size=8, seed=8)
+    other_seed = TrainLoader(train, global_batch_size=8, seed=8)
     with pytest.raises(ValueError, match="seed"):
         other_seed.load_state_dict(state)
 
 
 def test_batch_size_checks(sudoku_dir):
+    train = open_split(sudoku_dir, "train")
     with pytest.raises(ValueError, match="multiple of world_size"):
-        TrainLoader(sudoku_dir, global_batch_size=9, world_size=2, rank=0)
+        TrainLoader(train, global_batch_size=9, world_size=2, rank=0)
     with pytest.raises(DatasetError, match="fewer examples than the global batch"):
-        TrainLoader(sudoku_dir, global_batch_size=64)
+        TrainLoader(train, global_batch_size=64)
 
 
 def test_multi_example_puzzles_and_identifiers(tmp_path):
@@ -89,7 +92,7 @@ def test_multi_example_puzzles_and_identifiers(tmp_path):
                                  sets=["all"], total_samples=n)
     out = str(tmp_path / "multi")
     write_dataset(out, {"train": (meta, arrays), "test": (meta, arrays)})
-    loader = TrainLoader(out, global_batch_size=4, seed=0)
+    loader = TrainLoader(open_split(out, "train"), global_batch_size=4, seed=0)
     assert loader.steps_per_epoch == 4
     for _ in range(3):
         batch = loader.next_batch()
@@ -98,19 +101,19 @@ def test_multi_example_puzzles_and_identifiers(tmp_path):
         assert np.array_equal(batch["puzzle_identifiers"].numpy(), puzzle + 1)
         assert len(set(rows)) == 4
         assert len({p // 2 for p in puzzle}) == len(set(puzzle))  # one puzzle per group
-    batches = list(iter_test_batches(out, 8))
+    batches = list(iter_test_batches(open_split(out, "test"), 8))
     assert [b["puzzle_identifiers"][0].item() for b in batches] == [1, 3, 6, 9, 11]
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_test_batches_cover_every_example_once(sudoku_dir, world_size):
     G = 6
-    _, arrays = load_split(sudoku_dir, "test")
-    total = len(arrays["inputs"])
-    assert num_test_batches(sudoku_dir, G) == 3 == -(-total // G)
+    test = open_split(sudoku_dir, "test")
+    arrays, total = test.arrays, test.num_examples
+    assert num_test_batches(test, G) == 3 == -(-total // G)
     seen = []
     for rank in range(world_size):
-        for k, batch in enumerate(iter_test_batches(sudoku_dir, G, rank=rank, world_size=world_size)):
+        for k, batch in enumerate(iter_test_batches(test, G, rank=rank, world_size=world_size)):
             L = G // world_size
             assert batch["inputs"].shape == (L, 81) and batch["mask"].dtype == torch.bool
             expected_index = np.arange(k * G + rank * L, k * G + (rank + 1) * L)
@@ -122,9 +125,9 @@ def test_test_batches_cover_every_example_once(sudoku_dir, world_size):
             assert torch.all(batch["labels"][~torch.from_numpy(real)] == IGNORE_LABEL_ID)
             seen += expected_index[real].tolist()
     assert sorted(seen) == list(range(total))
-    limited = list(iter_test_batches(sudoku_dir, G, max_examples=7, start_batch=1))
+    limited = list(iter_test_batches(test, G, max_examples=7, start_batch=1))
     assert len(limited) == 1 and limited[0]["mask"].sum() == 1 and limited[0]["index"][0] == 6
-    assert num_test_batches(sudoku_dir, G, max_examples=7) == 2
+    assert num_test_batches(test, G, max_examples=7) == 2
 
 
 def test_maze_loader_and_ignore_label(tmp_path, maze_dir):
@@ -133,7 +136,7 @@ def test_maze_loader_and_ignore_label(tmp_path, maze_dir):
     labels = np.load(labels_file)
     labels[:, -1] = 0  # mark the last cell as ignored on disk
     np.save(labels_file, labels)
-    batch = TrainLoader(path, global_batch_size=10).next_batch()
+    batch = TrainLoader(open_split(path, "train"), global_batch_size=10).next_batch()
     assert batch["inputs"].shape == (10, 144)
     assert torch.all(batch["labels"][:, -1] == IGNORE_LABEL_ID) and batch["labels"][:, :-1].min() >= 1
 
@@ -167,7 +170,7 @@ def test_inconsistent_dataset_raises_one_line(tmp_path, sudoku_dir, how, expecte
     path = copy_dataset(sudoku_dir, str(tmp_path / "bad"))
     damage(path, "train", how)
     with pytest.raises(DatasetError) as info:
-        TrainLoader(path, global_batch_size=8)
+        TrainLoader(open_split(path, "train"), global_batch_size=8)
     message = str(info.value)
     assert len(message.splitlines()) == 1 and expected_file in message and expected_text in message
 

@@ -19,6 +19,7 @@ from models.losses import ACTLossHead
 from tests.data_fixtures import sudoku_dir  # noqa: F401 (fixture)
 from tests.test_hub import add_to_hub_cache
 from utils.errors import CheckpointError
+from utils.run_folder import TRAIN
 
 TRM_CLASS = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
 HRM_CLASS = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"
@@ -256,12 +257,12 @@ def test_hrm_resumes_bit_exactly(sudoku_dir, tmp_path):
                               "lr_warmup_steps=1", "lr_min_ratio=1.0", "arch.forward_dtype=float32",
                               "arch.hidden_size=32", "arch.num_heads=2", *extra]) == 0
         with open(os.path.join(run, "metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if "train/lm_loss" in line]
+            return [json.loads(line) for line in f if TRAIN["lm_loss"] in line]
 
     whole = train(tmp_path / "a", 4)
     train(tmp_path / "b", 2)
     resumed = train(tmp_path / "b", 4, "resume=true")
-    key = lambda m: (m["step"], m["train/lm_loss"], m["train/q_halt_loss"])
+    key = lambda m: (m["step"], m[TRAIN["lm_loss"]], m[TRAIN["q_halt_loss"]])
     assert [key(m) for m in resumed] == [key(m) for m in whole] and len(whole) == 4
     a, b = (torch.load(run / "step_4.pt", weights_only=True)["model"] for run in (tmp_path / "a", tmp_path / "b"))
     assert all(torch.equal(a[k], b[k]) for k in a) and a["model.inner.puzzle_emb.weights"].abs().sum() > 0

@@ -13,7 +13,7 @@ from dataset import build_sudoku_dataset, maze, sudoku
 from evaluation import render
 from scripts import plot_run
 from utils.errors import ConfigError
-from utils.run_folder import append_metrics
+from utils.run_folder import EVAL, LR, STEP, TRAIN, append_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,12 +62,12 @@ def test_plot_run_draws_the_curves_of_a_run_folder(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     for step in range(10, 110, 10):
-        append_metrics(str(run / "metrics.jsonl"), {"step": step, "lr": 1e-3 * min(1, step / 30),
-                                                    "train/lm_loss": 2 / step ** 0.5, "train/q_halt_loss": 0.1,
-                                                    "train/exact_accuracy": step / 200, "train/accuracy": step / 110})
+        append_metrics(str(run / "metrics.jsonl"), {STEP: step, LR: 1e-3 * min(1, step / 30),
+                                                    TRAIN["lm_loss"]: 2 / step ** 0.5, TRAIN["q_halt_loss"]: 0.1,
+                                                    TRAIN["exact_accuracy"]: step / 200, TRAIN["accuracy"]: step / 110})
         if step % 50 == 0:
-            append_metrics(str(run / "metrics.jsonl"), {"step": step, "eval/exact_accuracy": step / 300,
-                                                        "eval/accuracy": 0.5, "eval/count": 16})
+            append_metrics(str(run / "metrics.jsonl"), {STEP: step, EVAL["exact_accuracy"]: step / 300,
+                                                        EVAL["accuracy"]: 0.5, EVAL["count"]: 16})
     assert plot_run.main([str(run)]) == 0
     assert capsys.readouterr().out.strip() == str(run / "training_curves.png")
     picture = matplotlib.image.imread(run / "training_curves.png")

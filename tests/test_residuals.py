@@ -9,7 +9,7 @@ import torch
 
 import evaluate
 import launch as launcher
-from dataset.common import single_example_split, write_dataset
+from dataset.common import open_split, single_example_split, write_dataset
 from dataset.puzzle_dataset import iter_test_batches
 from evaluation import residuals
 from evaluation.grid import GridSpec, row_keys, run_batch
@@ -173,7 +173,7 @@ def checkpoint(tmp_path_factory):
 def check_results(output_dir, data, head):
     with open(output_dir / "results.json") as f:
         results = json.load(f)
-    puzzles = [(int(i), x, y) for batch in iter_test_batches(data, 4, 0, 1, "test")
+    puzzles = [(int(i), x, y) for batch in iter_test_batches(open_split(data, "test"), 4, 0, 1)
                for i, x, y, m in zip(batch["index"], batch["inputs"], batch["labels"], batch["mask"])
                if m and (y != IGNORE_LABEL_ID).any()]  # as the grid: a puzzle without labels is not counted
     assert len(puzzles) >= 3

@@ -13,7 +13,7 @@ import pytest
 import launch
 import pretrain
 from test_train import overrides, read_metrics, sudoku_path, train_losses  # noqa: F401 (fixture)
-from utils.run_folder import RunLock, read_metrics as read_records, strict_json
+from utils.run_folder import TRAIN, RunLock, eval_line, read_metrics as read_records, strict_json, train_line
 
 TRM = ["--config-name", "train/trm_sudoku", "eval_interval_steps=null", "log_interval_steps=1"]
 
@@ -93,7 +93,21 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(sudoku_path
     assert sorted(p.name for p in run.glob("step_*.pt")) == ["step_2.pt", "step_4.pt"]
     with open(run / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]  # strict JSON: json.loads rejects nothing, and no bare NaN
-    assert any(r.get("train/grad_norm") is None for r in records)
+    assert any(r.get(TRAIN["grad_norm"]) is None for r in records)
+
+
+def test_the_metric_lines_keep_their_keys_and_order():
+    """The bytes of metrics.jsonl's two line kinds, as every run so far wrote them (curves of old runs read them)."""
+    means = {"grad_norm": 1.5, "count": 8.0, "steps": 3.0, "q_halt_accuracy": 0.75, "exact_accuracy": 0.125,
+             "accuracy": 0.25, "q_halt_loss": 0.5, "lm_loss": 2.5}
+    assert strict_json(train_line(7, 1e-4, means, 12.5)) == (
+        '{"step": 7, "lr": 0.0001, "train/lm_loss": 2.5, "train/q_halt_loss": 0.5, "train/accuracy": 0.25, '
+        '"train/exact_accuracy": 0.125, "train/q_halt_accuracy": 0.75, "train/steps": 3.0, "train/count": 8.0, '
+        '"train/grad_norm": 1.5, "time_s": 12.5}')
+    assert strict_json(eval_line(7, {"count": 16.0, "accuracy": 0.75, "exact_accuracy": 0.5})) == (
+        '{"step": 7, "eval/exact_accuracy": 0.5, "eval/accuracy": 0.75, "eval/count": 16.0}')
+    with pytest.raises(ValueError, match="takes the means"):  # a metric the schema does not name is not dropped
+        train_line(7, 1e-4, {**means, "q_continue_loss": 0.1}, 12.5)
 
 
 def test_strict_json_writes_null_for_non_finite_numbers():

@@ -14,10 +14,11 @@ import torch
 
 import evaluate
 import pretrain
-from dataset import build_sudoku_dataset
+from dataset import build_sudoku_dataset, common
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
 from tests.data_fixtures import maze_dir  # noqa: F401 (fixture)
+from utils.run_folder import EVAL, TRAIN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=1",
@@ -43,7 +44,7 @@ def read_metrics(run_dir):
 
 
 def train_losses(run_dir):
-    return [(m["step"], m["train/lm_loss"], m["train/q_halt_loss"]) for m in read_metrics(run_dir) if "train/lm_loss" in m]
+    return [(m["step"], m[TRAIN["lm_loss"]], m[TRAIN["q_halt_loss"]]) for m in read_metrics(run_dir) if TRAIN["lm_loss"] in m]
 
 
 def test_a_few_steps_lower_the_loss(sudoku_path, tmp_path):
@@ -55,9 +56,9 @@ def test_a_few_steps_lower_the_loss(sudoku_path, tmp_path):
     losses = [loss for _, loss, _ in train_losses(run)]
     assert len(losses) == 100
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
-    evals = [m for m in read_metrics(run) if "eval/exact_accuracy" in m]
-    assert [m["step"] for m in evals] == [50, 100] and all(m["eval/count"] == 16 for m in evals)
-    assert 0 < evals[-1]["eval/accuracy"] <= 1
+    evals = [m for m in read_metrics(run) if EVAL["exact_accuracy"] in m]
+    assert [m["step"] for m in evals] == [50, 100] and all(m[EVAL["count"]] == 16 for m in evals)
+    assert 0 < evals[-1][EVAL["accuracy"]] <= 1
     curves = matplotlib.image.imread(run / "training_curves.png")  # drawn by pretrain.py at the end of the run
     assert curves.shape[0] > 400 and curves.std() > 0.05  # a picture with content, not a blank canvas
 
@@ -89,15 +90,30 @@ def test_in_training_evaluation_is_the_evaluators_cell_at_the_trained_depth_and_
     run = tmp_path / "run"
     assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=4", "lr=1e-2",
                           "eval_interval_steps=4", "eval_batch_size=6")]) == 0
-    logged = [m for m in read_metrics(run) if "eval/accuracy" in m]
+    logged = [m for m in read_metrics(run) if EVAL["accuracy"] in m]
     assert [m["step"] for m in logged] == [4]
     assert evaluate.main([f"checkpoint={run / 'step_4.pt'}", f"output_dir={tmp_path / 'eval'}", "rng=torch", "device=cpu",
                           "global_batch_size=6", "progress=false", "plots=false"]) == 0
     with open(tmp_path / "eval" / "results.json") as f:
         cell = json.load(f)["rows"][0]
     assert (cell["depth"], cell["breadth"], cell["rule"], cell["total"]) == (3, 1, "traj1", 16)
-    assert logged[0]["eval/count"] == cell["total"] and logged[0]["eval/exact_accuracy"] == cell["accuracy"]
-    assert logged[0]["eval/accuracy"] == cell["token_accuracy"] and 0 < cell["token_accuracy"] < 1
+    assert logged[0][EVAL["count"]] == cell["total"] and logged[0][EVAL["exact_accuracy"]] == cell["accuracy"]
+    assert logged[0][EVAL["accuracy"]] == cell["token_accuracy"] and 0 < cell["token_accuracy"] < 1
+
+
+def test_each_split_is_read_once_per_process(sudoku_path, tmp_path, monkeypatch):
+    """Set-up and every evaluation share one opened split: each split's dataset.json is read once in a run that
+    evaluates twice, and the test split's once in evaluate.py's pass (every read of a split goes through it)."""
+    reads, read = [], common.load_metadata
+    monkeypatch.setattr(common, "load_metadata", lambda path, split: reads.append(split) or read(path, split))
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/eqr_sudoku", *overrides(sudoku_path, run, "max_steps=2",
+                                                                          "eval_interval_steps=1")]) == 0
+    assert sorted(reads) == ["test", "train"] and len([m for m in read_metrics(run) if EVAL["count"] in m]) == 2
+    reads.clear()
+    assert evaluate.main([f"checkpoint={run / 'step_2.pt'}", f"data_path={sudoku_path}", f"output_dir={tmp_path / 'eval'}",
+                          "device=cpu", "progress=false", "plots=false"]) == 0
+    assert reads == ["test"]
 
 
 def run_cli(args, **kwargs):
@@ -126,7 +142,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bit_exactly(sudok
     resumed = run_cli([*common, *overrides(sudoku_path, killed), "resume=true"])
     assert resumed.wait() == 0, resumed.stderr.read()
     assert train_losses(killed) == train_losses(full)  # exact float equality, step for step
-    assert [m for m in read_metrics(killed) if "eval/accuracy" in m] == [m for m in read_metrics(full) if "eval/accuracy" in m]
+    assert [m for m in read_metrics(killed) if EVAL["accuracy"] in m] == [m for m in read_metrics(full) if EVAL["accuracy"] in m]
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -199,7 +215,7 @@ def test_maze_feedforward_baseline_trains(maze_dir, tmp_path):
     arch = saved["config"]["arch"]
     assert arch["feedforward"] is True and arch["mlp_t"] is False and arch["pos_encodings"] == "rope"
     assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
-    assert any(m.get("step") == 1 and "train/lm_loss" in m for m in read_metrics(run))
+    assert any(m.get("step") == 1 and TRAIN["lm_loss"] in m for m in read_metrics(run))
 
 
 @pytest.mark.parametrize("name, seq_len, vocab_size", [("train/ff_sudoku", 81, 11), ("train/ff_maze_unique", 900, 6)])
@@ -305,10 +321,10 @@ def test_the_final_checkpoint_is_written_before_the_final_evaluation(tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert (run / "latest").read_text().strip() == "step_4.pt"
-    assert not [m for m in read_metrics(run) if "eval/exact_accuracy" in m]
+    assert not [m for m in read_metrics(run) if EVAL["exact_accuracy"] in m]
 
     resumed = run_cli([*args, "resume=true"])
     assert resumed.wait() == 0
     err = resumed.stderr.read()
     assert "resuming at step 4" in err
-    assert [m["step"] for m in read_metrics(run) if "eval/exact_accuracy" in m] == [4]
+    assert [m["step"] for m in read_metrics(run) if EVAL["exact_accuracy"] in m] == [4]

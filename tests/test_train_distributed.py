@@ -7,6 +7,7 @@ import torch
 
 from dataset import build_sudoku_dataset
 from launch import launch
+from utils.run_folder import EVAL, TRAIN
 
 # TRM without halting exploration: no rank-dependent randomness, so both runs see the same numbers.
 ARGS = ["--config-name", "train/trm_sudoku", "device=cpu", "wandb_mode=disabled", "global_batch_size=8", "eval_batch_size=8",
@@ -40,8 +41,8 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(sudoku_path, tm
     double = run(2, tmp_path / "two", sudoku_path, "max_steps=8", "resume=true")
 
     def train(metrics):
-        return [(m["step"], m["train/lm_loss"], m["train/q_halt_loss"], m["train/count"], m["train/grad_norm"])
-                for m in metrics if "train/lm_loss" in m]
+        return [(m["step"], m[TRAIN["lm_loss"]], m[TRAIN["q_halt_loss"]], m[TRAIN["count"]], m[TRAIN["grad_norm"]])
+                for m in metrics if TRAIN["lm_loss"] in m]
 
     one, two = train(single), train(double)
     assert [r[0] for r in one] == [r[0] for r in two] == list(range(1, 9))
@@ -51,8 +52,8 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(sudoku_path, tm
         # AdamATan2 ignores a constant scale of the gradient, so compare the gradient itself:
         # DDP's mean over ranks times world_size / global batch must give the 1-process gradient.
         assert a[4] == pytest.approx(b[4], rel=1e-4)
-    evals_one = [m["eval/accuracy"] for m in single if "eval/accuracy" in m]
-    evals_two = [m["eval/accuracy"] for m in double if "eval/accuracy" in m]
+    evals_one = [m[EVAL["accuracy"]] for m in single if EVAL["accuracy"] in m]
+    evals_two = [m[EVAL["accuracy"]] for m in double if EVAL["accuracy"] in m]
     assert evals_one == pytest.approx(evals_two, rel=1e-4)
 
     w1 = torch.load(tmp_path / "one" / "step_8.pt", weights_only=True)["model"]

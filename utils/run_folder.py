@@ -9,7 +9,18 @@ killed run never leaves the folder locked; a link to a run's folder locks that f
 on local disks; on NFS it needs the server's lock support.)
 
 metrics.jsonl is strict JSON, one object per line (non-finite numbers are written as null). A line
-torn by a kill or a full disk can only be the last one; reading drops it with a warning.
+torn by a kill or a full disk can only be the last one; reading drops it with a warning. Every line holds
+`step`, the optimizer step (from 1) it was logged at, and is one of two kinds, written by train_line / eval_line
+with the key names below (readers index records with STEP, LR, TIME_S, TRAIN[name], EVAL[name]):
+- a training line, every log_interval_steps, at the last step and at a stop: `lr`, the learning rate of that step;
+  `train/<name>` for each name of TRAIN, over the steps since the line before: lm_loss (the answer's mean token
+  cross-entropy) and q_halt_loss (the halting head's), each per row of the global batch and step; over the rows
+  that halted in those steps: accuracy (token accuracy, per row), exact_accuracy (the whole answer right),
+  q_halt_accuracy (q > 0 agreed with it), steps (supervision steps the row took) and count (the number of such
+  rows, a float); grad_norm, the mean over the steps of the global gradient norm; last `time_s`, seconds since
+  this process started its loop (a resumed run counts from its resume).
+- an evaluation line: `eval/<name>` for each name of EVAL, on the test split (the first eval_max_examples):
+  exact_accuracy, accuracy (token accuracy pooled over the labelled cells) and count (puzzles, a float).
 """
 import fcntl
 import json
@@ -23,6 +34,10 @@ from utils.errors import RunError
 from utils.files import atomic_write
 
 LOCK_NAME = ".lock"
+STEP, LR, TIME_S = "step", "lr", "time_s"
+TRAIN = {name: f"train/{name}" for name in ("lm_loss", "q_halt_loss", "accuracy", "exact_accuracy", "q_halt_accuracy",
+                                            "steps", "count", "grad_norm")}
+EVAL = {name: f"eval/{name}" for name in ("exact_accuracy", "accuracy", "count")}
 
 
 class RunLock:
@@ -78,19 +93,33 @@ def strict_json(record: dict) -> str:
     return json.dumps(clean(record), allow_nan=False)
 
 
+def train_line(step: int, lr: float, means: dict, seconds: float) -> dict:
+    """A training line; `means` holds a value for each name of TRAIN and no other."""
+    if means.keys() != TRAIN.keys():
+        raise ValueError(f"a training line takes the means {', '.join(TRAIN)}, got {', '.join(means)}")
+    return {STEP: step, LR: lr, **{TRAIN[name]: means[name] for name in TRAIN}, TIME_S: seconds}
+
+
+def eval_line(step: int, results: dict) -> dict:
+    """An evaluation line; `results` holds a value for each name of EVAL and no other."""
+    if results.keys() != EVAL.keys():
+        raise ValueError(f"an evaluation line takes {', '.join(EVAL)}, got {', '.join(results)}")
+    return {STEP: step, **{EVAL[name]: results[name] for name in EVAL}}
+
+
 def append_metrics(path: str, record: dict) -> None:
     try:
         with open(path, "a") as f:
             f.write(strict_json(record) + "\n")
     except OSError as e:
-        raise RunError(f"{path}: could not append the step {record.get('step')} metrics ({e.strerror or e}); "
+        raise RunError(f"{path}: could not append the step {record.get(STEP)} metrics ({e.strerror or e}); "
                        f"the checkpoints are unaffected, and a resume drops a torn last line") from None
 
 
 def truncate_metrics(path: str, step: int) -> None:
     """After a resume, drop the lines the killed run logged past its last checkpoint (and a torn last line)."""
     if os.path.isfile(path):
-        atomic_write(path, "".join(strict_json(r) + "\n" for r in read_metrics(path) if r["step"] <= step))
+        atomic_write(path, "".join(strict_json(r) + "\n" for r in read_metrics(path) if r[STEP] <= step))
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -105,7 +134,7 @@ def read_metrics(path: str) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if not isinstance(record, dict) or not isinstance(record.get(STEP), int):
                 raise ValueError("no integer step")
             records.append(record)
         except ValueError:

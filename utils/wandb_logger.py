@@ -6,7 +6,7 @@ import sys
 from tqdm import tqdm
 
 from utils.network import reachable
-from utils.run_folder import append_metrics
+from utils.run_folder import STEP, append_metrics
 
 
 class Logger:
@@ -40,7 +40,7 @@ class Logger:
         append_metrics(self.path, metrics)
         if self.wandb is not None:
             try:
-                self.wandb.log(metrics, step=metrics["step"])
+                self.wandb.log(metrics, step=metrics[STEP])
             except Exception as e:
                 self.warn(f"wandb.log failed ({type(e).__name__}); W&B logging is off for the rest of the run")
 

@@ -30,14 +30,14 @@ TRAIN_LOG_WINDOW = 100  # steps at the end of a run over which the training log'
 def run_record(run: study.Run) -> dict:
     from models.eqr import ModelConfig
     from utils.checkpoint import read_run_checkpoint
-    from utils.run_folder import read_metrics
+    from utils.run_folder import EVAL, STEP, TRAIN, read_metrics
 
     metrics = read_metrics(f"{run.path}/metrics.jsonl")
     ckpt = read_run_checkpoint(run.final_checkpoint)
     arch = ckpt["config"]["arch"]
     # the training log's exact accuracy: rows that halted in the last steps (their puzzle, the live weights)
-    tail = [m for m in metrics if "train/count" in m and m["step"] > run.steps - TRAIN_LOG_WINDOW]
-    halted = sum(m["train/count"] for m in tail)
+    tail = [m for m in metrics if TRAIN["count"] in m and m[STEP] > run.steps - TRAIN_LOG_WINDOW]
+    halted = sum(m[TRAIN["count"]] for m in tail)
     return {
         "task": run.task, "arm": run.arm, "label": run.label, "steps": run.steps, "seed": run.seed,
         "params": sum(t.numel() for name, t in ckpt["model"].items() if name in ckpt["ema"]["shadow"]),
@@ -45,10 +45,10 @@ def run_record(run: study.Run) -> dict:
         "train_halt_max_steps": arch["halt_max_steps"], "act_halting": arch.get("act_halting", True),
         "random_init": arch["random_init"], "lambda": arch["lambda_"], "noise_scale": arch["noise_scale"],
         # rows that halted (took a new puzzle) over the whole run: training examples actually presented
-        "examples_presented": int(sum(m.get("train/count", 0) for m in metrics)),
-        "train_log_exact": sum(m["train/exact_accuracy"] * m["train/count"] for m in tail) / halted if halted else None,
-        "eval_curve": [{"step": m["step"], "exact": m["eval/exact_accuracy"], "token": m["eval/accuracy"]}
-                       for m in metrics if "eval/count" in m]}
+        "examples_presented": int(sum(m.get(TRAIN["count"], 0) for m in metrics)),
+        "train_log_exact": sum(m[TRAIN["exact_accuracy"]] * m[TRAIN["count"]] for m in tail) / halted if halted else None,
+        "eval_curve": [{"step": m[STEP], "exact": m[EVAL["exact_accuracy"]], "token": m[EVAL["accuracy"]]}
+                       for m in metrics if EVAL["count"] in m]}
 
 
 def sweep_record(sweep: study.Sweep) -> dict:

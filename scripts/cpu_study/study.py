@@ -48,7 +48,8 @@ class Run:
 
     @property
     def final_checkpoint(self):
-        return f"{self.path}/step_{self.steps}.pt"
+        from utils.checkpoint import shard_name  # here, so that importing the study does not import torch
+        return f"{self.path}/{shard_name(self.steps, 0)}"
 
 
 @dataclass
