@@ -41,7 +41,7 @@ from utils.constants import IGNORE_LABEL_ID
 from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.processes import broadcast, exit_process
-from utils.typecheck import check_range, check_types, from_config
+from utils.typecheck import check_fields, choice, from_config, must, positive, ranged
 
 
 SUMMARY_FORMAT = "eqr-diagnostics/2"
@@ -52,52 +52,35 @@ RUN_KEYS = ("checkpoint", "data", "config", "breadth", "noise", "dtype", "world_
 
 @dataclass
 class DiagnoseConfig:
-    checkpoint: str
+    checkpoint: str = must(bool, "a file path or hf:// URI")
     trust_checkpoint: bool
     data_path: str | None
     split: str
     output_dir: str | None
     device: str | None
-    threads: int | None
-    depth: int | None
-    lyapunov_k: int
-    breadth: int
-    different_init_reset_std: float | None
-    max_examples: int | None
-    noise: str
-    settle_threshold: float | None
-    settle_window: int
-    settle_measure: str
-    match_segment: int | None
-    prefix_segments: int
-    bootstrap_resamples: int
+    threads: int | None = positive()
+    depth: int | None = positive()
+    lyapunov_k: int = positive()
+    breadth: int = positive()
+    different_init_reset_std: float | None = ranged(0, low_open=True)
+    max_examples: int | None = positive()
+    noise: str = choice("fixed", "off")
+    settle_threshold: float | None = ranged(0)
+    settle_window: int = positive()
+    settle_measure: str = choice("reldisp", "disp")
+    match_segment: int | None = positive()
+    prefix_segments: int = positive()
+    bootstrap_resamples: int = positive()
     summary_only: bool
-    global_batch_size: int
+    global_batch_size: int = positive()
     seed: int | None
     resume: bool
-    save_every_batches: int
+    save_every_batches: int = positive()
     plots: bool
     progress: bool
 
     def __post_init__(self):
-        check_types(self)
-        if not isinstance(self.checkpoint, str) or not self.checkpoint:
-            raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
-        if self.noise not in ("fixed", "off"):
-            raise ConfigError(f"noise: expected fixed or off, got {self.noise!r}")
-        if self.settle_measure not in ("reldisp", "disp"):
-            raise ConfigError(f"settle_measure: expected reldisp or disp, got {self.settle_measure!r}")
-        if self.settle_threshold is not None:
-            check_range("", "settle_threshold", self.settle_threshold, low=0)
-        if self.different_init_reset_std is not None:
-            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
-        for key in ("depth", "max_examples", "threads", "match_segment"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected a positive integer or null, got {getattr(self, key)!r}")
-        for key in ("lyapunov_k", "breadth", "settle_window", "prefix_segments", "bootstrap_resamples",
-                    "global_batch_size", "save_every_batches"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        check_fields(self)
         if self.summary_only and not self.output_dir:
             raise ConfigError("summary_only: needs output_dir=<the folder of the run whose diagnostics.csv to summarise>")
         if self.resume and not self.output_dir:

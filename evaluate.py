@@ -44,69 +44,50 @@ from utils.constants import IGNORE_LABEL_ID
 from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.processes import broadcast, exit_process, free_memory
-from utils.typecheck import check_range, check_types, from_config
+from utils.typecheck import at_least, check_fields, choice, from_config, must, positive, ranged
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str
+    checkpoint: str = must(bool, "a file path or hf:// URI")
     trust_checkpoint: bool
     data_path: str | None
     split: str
     output_dir: str | None
     device: str | None
     forward_dtype: str | None
-    threads: int | None
+    threads: int | None = positive()
     compile: bool | None
-    halt_max_steps: int | None
-    different_init: int | None
-    different_init_reset_std: float | None
-    depths: list | None
-    breadths: list | None
-    convergence_top_k: int
-    convergence_window: int
+    halt_max_steps: int | None = positive()
+    different_init: int | None = positive()
+    different_init_reset_std: float | None = ranged(0, low_open=True)
+    depths: list | None = must(lambda v: v and all(isinstance(x, int) and x >= 1 for x in v),
+                               "a list of positive integers such as [1,2,4]")
+    breadths: list | None = must(lambda v: v and all(isinstance(x, int) and x >= 1 for x in v),
+                                 "a list of positive integers such as [1,2,4]")
+    convergence_top_k: int = positive()
+    convergence_window: int = positive()
     halt: bool
     act_inference: bool | None
     halt_threshold: float | list | None
     halt_confirm_steps: int | list | None
     halt_confirm_mode: str | list | None
     halt_min_steps: int | list
-    pool_size: int | None
-    global_batch_size: int | None
-    max_eval_steps: int | None
+    pool_size: int | None = positive()
+    global_batch_size: int | None = positive()
+    max_eval_steps: int | None = positive()
     seed: int | None
-    rng: str
+    rng: str = choice("keyed", "torch")
     resume: bool
-    save_every_batches: int
-    save_every_seconds: float
+    save_every_batches: int = positive()
+    save_every_seconds: float = ranged(0, low_open=True)
     plots: bool
-    render_examples: int
+    render_examples: int = at_least(0)
     progress: bool
     save_outputs: bool
 
     def __post_init__(self):
-        check_types(self)
-        check_range("", "save_every_seconds", self.save_every_seconds, low=0, low_open=True)
-        if self.different_init_reset_std is not None:
-            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
-        if not isinstance(self.checkpoint, str) or not self.checkpoint:
-            raise ConfigError(f"checkpoint: expected a file path or hf:// URI, got {self.checkpoint!r}")
-        if self.rng not in ("keyed", "torch"):
-            raise ConfigError(f"rng: expected keyed or torch, got {self.rng!r}")
-        for key in ("halt_max_steps", "different_init", "global_batch_size", "max_eval_steps", "threads", "pool_size"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{key}: expected a positive integer or null, got {value!r}")
-        if not isinstance(self.render_examples, int) or self.render_examples < 0:
-            raise ConfigError(f"render_examples: expected an integer >= 0, got {self.render_examples!r}")
-        for key in ("convergence_top_k", "convergence_window", "save_every_batches"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
-        for key in ("depths", "breadths"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, list) or not value
-                                      or any(not isinstance(v, int) or v < 1 for v in value)):
-                raise ConfigError(f"{key}: expected a list of positive integers such as [1,2,4], got {value!r}")
+        check_fields(self)
         if self.depths and self.halt_max_steps is not None and self.halt_max_steps != max(self.depths):
             raise ConfigError(f"halt_max_steps: {self.halt_max_steps} disagrees with max(depths) = {max(self.depths)}")
         if self.breadths and self.different_init not in (None, 1, max(self.breadths)):

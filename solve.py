@@ -38,7 +38,7 @@ from utils.entry import run_entry
 from utils.errors import ConfigError
 from utils.files import check_writable
 from utils.processes import exit_process
-from utils.typecheck import check_range, check_types, from_config
+from utils.typecheck import check_fields, from_config, must, positive, ranged
 
 CHUNK = 64  # puzzles per forward pass
 MAX_FILE_BYTES = 4 * 2**20  # a puzzle file larger than this is refused (docs/evaluation.md: solve.py on a file)
@@ -53,31 +53,23 @@ class SolveConfig:
     split: str
     index: int | None
     device: str | None
-    threads: int | None
+    threads: int | None = must(lambda v: v >= 1, "a positive integer")
     forward_dtype: str | None
-    halt_max_steps: int | None
-    different_init: int
-    different_init_reset_std: float | None
-    convergence_window: int
+    halt_max_steps: int | None = must(lambda v: v >= 1, "a positive integer")
+    different_init: int = positive()
+    different_init_reset_std: float | None = ranged(0, low_open=True)
+    convergence_window: int = positive()
     halt_threshold: float
     seed: int | None
-    image: str | None
+    image: str | None = must(lambda v: v.endswith(".png"), "a .png path or null")
 
     def __post_init__(self):
-        check_types(self)
-        for key in ("halt_max_steps", "different_init", "convergence_window", "threads"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
-        if self.different_init_reset_std is not None:
-            check_range("", "different_init_reset_std", self.different_init_reset_std, low=0, low_open=True)
+        check_fields(self)
         if (self.puzzle is None) == (self.data_path is None):
             raise ConfigError("puzzle: pass either puzzle=<puzzle or file> or data_path=<dataset folder> index=<i>")
         if self.data_path is not None and (self.index is None or self.index < 0):
             raise ConfigError(f"index: expected the 0-based number of a puzzle in {self.data_path}/{self.split}, "
                               f"got {self.index!r}")
-        if self.image is not None and not self.image.endswith(".png"):
-            raise ConfigError(f"image: expected a .png path or null, got {self.image!r}")
 
 
 def parse_config(cfg: dict) -> SolveConfig:

@@ -55,10 +55,10 @@ def choice(*options, default=MISSING):
 
 
 def check_fields(instance, prefix: str = "", typed: bool = True) -> None:
-    """Every field's type (check_types, unless `typed` is false: the tests of its constraints then include
-    the type), then every field's constraint, in field order. Raises ConfigError naming `prefix + field`."""
+    """Every field's type (unless `typed` is false: the tests of its constraints then include the type), then
+    every field's constraint, in field order. Raises ConfigError naming `prefix + field`."""
     if typed:
-        check_types(instance, prefix)
+        _check_types(instance, prefix)
     for f in fields(instance):
         value, test, nullable = getattr(instance, f.name), f.metadata.get("test"), _matches(None, f.type)
         if test is None or (value is None and nullable) or test(value):
@@ -68,9 +68,9 @@ def check_fields(instance, prefix: str = "", typed: bool = True) -> None:
         raise ConfigError(f"{prefix}{f.name}: expected {expected}, got {f.metadata['got'](value)}")
 
 
-def check_types(instance, prefix: str = "") -> None:
+def _check_types(instance, prefix: str) -> None:
     """Every field must match its annotation: bool is only true/false, int is not a bool, float also takes
-    an int, `X | None` takes null. Raises ConfigError naming `prefix + field`."""
+    an int, `X | None` takes null."""
     for field_ in fields(instance):
         value = getattr(instance, field_.name)
         if not _matches(value, field_.type):
@@ -109,10 +109,3 @@ def _range_problem(value, low, high, low_open, high_open) -> str | None:
     left = "(-inf" if low is None else f"{'(' if low_open else '['}{low}"
     right = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
     return f"a {'finite ' if not_finite else ''}value in {left}, {right}"
-
-
-def check_range(prefix: str, key: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
-    """One number checked as ranged(...) checks a field (for configs that do not declare their constraints)."""
-    problem = _range_problem(value, low, high, low_open, high_open)
-    if problem:
-        raise ConfigError(f"{prefix}{key}: expected {problem}, got {value!r}")
