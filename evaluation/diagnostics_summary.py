@@ -323,7 +323,8 @@ def write_plots(output_dir: str, table: dict[str, np.ndarray], depth: int, prefi
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a plot with no solved (or no failed) trajectory may have none
+            ax.legend(fontsize=7)
         path = os.path.join(output_dir, name)
         save_figure(fig, path)
         plt.close(fig)
