@@ -403,35 +403,35 @@ def halting_claims(res):
 
 
 # The paper's claims tested here: (claim, source, the paper's numbers, the cell a claim says is worse, the
-# cell it says is better), cells as (sweep, D, B, rule). Paper numbers as shared/SPEC.md gives them (exact %,
+# cell it says is better), cells as (sweep, D, B, rule). The paper's numbers (exact %,
 # Sudoku-Extreme / Maze-Unique 30x30); the study's models are far smaller, so only the direction is compared.
-SPEC = "paper, via shared/SPEC.md"
+PAPER = "the paper"
 PAPER_CLAIMS = [
     ("weight-tied beats untied feed-forward at equal block applications (Sudoku, 12 NFE; the paper's FF has 42 blocks)",
-     f"{SPEC} (construction path)", "2.6 → 32.6", ("sudoku-ff-d1", 1, 1, "traj1"), ("sudoku-tied-b1", 1, 1, "traj1")),
-    ("supervision over 16 steps beats one step (Sudoku)", f"{SPEC} (construction path)", "32.6 → 74.7",
+     f"{PAPER} (construction path)", "2.6 → 32.6", ("sudoku-ff-d1", 1, 1, "traj1"), ("sudoku-tied-b1", 1, 1, "traj1")),
+    ("supervision over 16 steps beats one step (Sudoku)", f"{PAPER} (construction path)", "32.6 → 74.7",
      ("sudoku-tied-b1", 1, 1, "traj1"), ("sudoku-tied-sup-b1", 16, 1, "traj1")),
     ("halting (ACT) beats supervision without it (Sudoku, D=16; the paper's step also adds the two-level state)",
-     f"{SPEC} (construction path)", "76.5 → 84.8", ("sudoku-tied-sup-b1", 16, 1, "traj1"), ("sudoku-trm-b1", 16, 1, "traj1")),
-    ("EqR beats TRM (Sudoku, D=16, B=1)", f"{SPEC} (headline table)", "84.8 → 86.4",
+     f"{PAPER} (construction path)", "76.5 → 84.8", ("sudoku-tied-sup-b1", 16, 1, "traj1"), ("sudoku-trm-b1", 16, 1, "traj1")),
+    ("EqR beats TRM (Sudoku, D=16, B=1)", f"{PAPER} (headline table)", "84.8 → 86.4",
      ("sudoku-trm-b1", 16, 1, "traj1"), ("sudoku-eqr-b1", 16, 1, "traj1")),
-    *[(f"random initial state lifts TRM (maze, at the trained D=4, training seed {seed})", f"{SPEC} (RI / NI on mazes)",
+    *[(f"random initial state lifts TRM (maze, at the trained D=4, training seed {seed})", f"{PAPER} (RI / NI on mazes)",
        "44.9 → 68.6", (f"maze-trm{suffix}-b1", 4, 1, "traj1"), (f"maze-trm-ri{suffix}-b1", 4, 1, "traj1"))
       for seed, suffix in ((0, ""), (1, "-s1"))],
-    *[(f"path noise lifts TRM + RI (maze, at the trained D=4, training seed {seed})", f"{SPEC} (RI / NI on mazes)",
+    *[(f"path noise lifts TRM + RI (maze, at the trained D=4, training seed {seed})", f"{PAPER} (RI / NI on mazes)",
        "68.6 → 82.2", (f"maze-trm-ri{suffix}-b1", 4, 1, "traj1"), (f"maze-eqr{suffix}-b1", 4, 1, "traj1"))
       for seed, suffix in ((0, ""), (1, "-s1"))],
-    ("depth beyond training helps EqR: 4x the trained depth (Sudoku, D=16 → 64)", f"{SPEC} (headline table)",
+    ("depth beyond training helps EqR: 4x the trained depth (Sudoku, D=16 → 64)", f"{PAPER} (headline table)",
      "86.4 → 93.0", ("sudoku-eqr-b1", 16, 1, "traj1"), ("sudoku-eqr-b1", 64, 1, "traj1")),
     ("depth beyond training helps EqR: 4x the trained depth (maze, D=4 → 16; the paper's D=16 → 64)",
-     f"{SPEC} (headline table)", "82.2 → 88.9", ("maze-eqr-b1", 4, 1, "traj1"), ("maze-eqr-b1", 16, 1, "traj1")),
+     f"{PAPER} (headline table)", "82.2 → 88.9", ("maze-eqr-b1", 4, 1, "traj1"), ("maze-eqr-b1", 16, 1, "traj1")),
     ("breadth helps EqR: B=64 top-1 by convergence beats B=1 (Sudoku, D=64; the paper's B=128)",
-     f"{SPEC} (headline table)", "93.0 → 99.8", ("sudoku-eqr-grid", 64, 1, "traj1"), ("sudoku-eqr-grid", 64, 64, "conv_top1")),
+     f"{PAPER} (headline table)", "93.0 → 99.8", ("sudoku-eqr-grid", 64, 1, "traj1"), ("sudoku-eqr-grid", 64, 64, "conv_top1")),
     ("breadth helps EqR: B=64 top-1 by convergence beats B=1 (maze, D=64; the paper's B=128)",
-     f"{SPEC} (headline table)", "88.9 → 93.0", ("maze-eqr-grid", 64, 1, "traj1"), ("maze-eqr-grid", 64, 64, "conv_top1")),
-    ("top-1 by convergence beats majority vote (EqR, Sudoku, D=64, B=64)", f"{SPEC} (breadth)", "stated, no number",
+     f"{PAPER} (headline table)", "88.9 → 93.0", ("maze-eqr-grid", 64, 1, "traj1"), ("maze-eqr-grid", 64, 64, "conv_top1")),
+    ("top-1 by convergence beats majority vote (EqR, Sudoku, D=64, B=64)", f"{PAPER} (breadth)", "stated, no number",
      ("sudoku-eqr-grid", 64, 64, "majority"), ("sudoku-eqr-grid", 64, 64, "conv_top1")),
-    ("top-1 by convergence beats majority vote (EqR, maze, D=64, B=64)", f"{SPEC} (breadth)", "stated, no number",
+    ("top-1 by convergence beats majority vote (EqR, maze, D=64, B=64)", f"{PAPER} (breadth)", "stated, no number",
      ("maze-eqr-grid", 64, 64, "majority"), ("maze-eqr-grid", 64, 64, "conv_top1")),
 ]
 
