@@ -44,6 +44,9 @@ def main(argv: list) -> int:
     what = argv[0] if argv else "all"
     ledger, logs = report.LEDGER, os.path.join(study.WORK_DIR, "logs")
     try:
+        if what in ("-h", "--help"):
+            print(__doc__.strip())
+            return 0
         if what == "--list":
             print("\n".join(runner.listing(study.stages(), ledger)))
             return 0

@@ -164,3 +164,12 @@ def test_sweep_record_keeps_the_per_puzzle_outcomes_of_saved_predictions(tmp_pat
                                 "solved": [1, 0, 1, 1]}]
     assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 64, "conv_top1") == {0: 1, 2: 0, 3: 1, 4: 1}
     assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 1, "traj1") is None  # only the headline cell is saved
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_exits_zero(flag):
+    import subprocess
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce_cpu.py"), flag],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "python scripts/reproduce_cpu.py --list" in done.stdout and not done.stderr
