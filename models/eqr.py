@@ -111,7 +111,7 @@ class ModelConfig:
         if self.one_step_grad and self.L_cycles < 1:
             fail("L_cycles", "one_step_grad needs L_cycles >= 1")
         try:
-            rule = self.halt_rule
+            self.halt_rule  # builds (and so checks) the rule
         except ConfigError as e:
             raise ConfigError(f"arch.{e}") from None
         self.halt_confirm_mode = halting.CONFIRM_MODES[self.halt_confirm_mode.lower()]  # the authors' aliases too

@@ -1,6 +1,4 @@
 """The halting rule (models/halting.py) against a plain loop written from the authors' models/trm.py."""
-import itertools
-import random
 
 import pytest
 import torch

@@ -3,7 +3,6 @@
 machine allows them: a read-only mount (chmod does not stop root), a small tmpfs for a full disk, a real
 memory limit, real kills; an OSError(ENOSPC) at the write call only where no tmpfs can be mounted."""
 import errno
-import json
 import os
 import resource
 import shutil
