@@ -2,6 +2,7 @@
 carries over only unchanged records and fills the template from a results dict."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -168,7 +169,6 @@ def test_sweep_record_keeps_the_per_puzzle_outcomes_of_saved_predictions(tmp_pat
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_prints_the_usage_and_exits_zero(flag):
-    import subprocess
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce_cpu.py"), flag],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
