@@ -131,6 +131,37 @@ def test_verdicts_follow_the_interval_rule_paired_where_outcomes_exist():
     assert report.compare({"sweeps": {}}, base, better) is None  # a stage that did not run
 
 
+def test_a_claim_that_convergence_does_not_help_gets_the_mirror_verdict():
+    base, better = ("g", 64, 64, "majority"), ("g", 64, 64, "conv_top1")
+    verdict = lambda correct: report.compare({"sweeps": {"g": grid_sweep("sudoku-trm", correct)}}, base, better,
+                                             "below")["verdict"]
+    assert verdict({(64, "majority"): 30, (64, "conv_top1"): 10}) == "reproduces"  # majority vote ahead
+    assert verdict({(64, "majority"): 10, (64, "conv_top1"): 30}) == "does not reproduce"  # convergence ahead
+    assert verdict({(64, "majority"): 20, (64, "conv_top1"): 21}) == "inconclusive"
+
+
+def residual_record(solved: list, failed: list) -> dict:
+    """A sweep record at (D=16, B=1) whose picked answers have these binned residuals (histogram bins)."""
+    hist = lambda bins: [[b, bins.count(b)] for b in sorted(set(bins))]
+    empty = [[], []]
+    return {"residual_grid": {"depths": [16], "breadths": [1]},
+            "residual_histograms": [[[empty, [hist(solved), hist(failed)]]]],
+            "residuals": [{"depth": 16, "breadth": 1, "group": "picked", "residual_solved": 1.0, "residual_failed": 2.0}]}
+
+
+def test_the_residual_auc_equals_the_count_of_ordered_pairs():
+    solved, failed = [3, 5, 5, 7, 9, 2], [5, 8, 9, 9, 12]
+    got = report.residual_auc({"sweeps": {"s": residual_record(solved, failed)}}, "s", 16, 1)
+    # brute force: every (solved, failed) pair, a right answer with the lower residual scores 1, a tie 1/2
+    pairs = [(s, f) for s in solved for f in failed]
+    expected = sum(1.0 if s < f else 0.5 if s == f else 0.0 for s, f in pairs) / len(pairs)
+    assert got[0] == pytest.approx(expected) and got[1] <= got[0] <= got[2]
+    separated = report.residual_auc({"sweeps": {"s": residual_record([1] * 30, [9] * 30)}}, "s", 16, 1)
+    assert separated == (1.0, 1.0, 1.0)
+    assert report.residual_auc({"sweeps": {"s": residual_record([1, 2], [])}}, "s", 16, 1) is None  # no failure
+    assert report.residual_auc({"sweeps": {"s": {}}}, "s", 16, 1) is None  # a sweep from before residuals
+
+
 def test_claims_table_has_a_row_per_claim_with_its_command():
     res = {"sweeps": {"sudoku-eqr-grid": grid_sweep("sudoku-eqr", {(1, "traj1"): 10, (64, "conv_top1"): 30,
                                                                    (64, "majority"): 28})}}
@@ -154,8 +185,11 @@ def test_sweep_record_keeps_the_per_puzzle_outcomes_of_saved_predictions(tmp_pat
     sweep = study.Sweep("s", "sudoku-eqr", [64], [1, 64], 8)
     os.makedirs(sweep.path)
     record = grid_sweep("sudoku-eqr", {(1, "traj1"): 2, (64, "conv_top1"): 3}, puzzles=4)
+    residual_rows = [{"depth": 64, "breadth": 1, "group": "picked", "residual_solved": 0.5, "residual_failed": 3.0}]
+    histograms = [[[[[], []], [[[4, 1]], [[9, 1]]]], [[[], []], [[], []]]]]
     with open(f"{sweep.path}/results.json", "w") as f:
-        json.dump({"format": RESULTS_FORMAT, "rows": record["rows"], "wall_time_s": 1.0}, f)
+        json.dump({"format": RESULTS_FORMAT, "rows": record["rows"], "wall_time_s": 1.0, "residuals": residual_rows,
+                   "grid": {"depths": [64], "breadths": [1, 64]}, "counts": {"residual_histograms": histograms}}, f)
     labels = np.array([[1, 2], [0, 0], [2, 1], [1, 1], [2, 2]], np.uint8)  # puzzle 1 has no scored cell
     np.savez(f"{sweep.path}/{predictions.FILE_NAME}", format=predictions.FORMAT, rule="conv_top1", depth=64, breadth=64,
              index=np.arange(5), inputs=labels, labels=labels, answers=labels, trajectory=np.zeros(5, np.int32),
@@ -165,6 +199,7 @@ def test_sweep_record_keeps_the_per_puzzle_outcomes_of_saved_predictions(tmp_pat
                                 "solved": [1, 0, 1, 1]}]
     assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 64, "conv_top1") == {0: 1, 2: 0, 3: 1, 4: 1}
     assert report.outcomes({"sweeps": {"s": got}}, "s", 64, 1, "traj1") is None  # only the headline cell is saved
+    assert got["residuals"] == residual_rows and report.residual_auc({"sweeps": {"s": got}}, "s", 64, 1)[0] == 1.0
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

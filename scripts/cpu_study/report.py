@@ -55,6 +55,9 @@ def sweep_record(sweep: study.Sweep) -> dict:
     res = read_results(os.path.join(sweep.path, RESULTS_FILE))
     rows = [{k: r[k] for k in SWEEP_KEYS} for r in res["rows"]]
     record = {"run": sweep.run, "puzzles": rows[0]["total"], "rows": rows, "eval_wall_time_s": round(res["wall_time_s"], 1)}
+    if res.get("residuals"):  # fixed-point residuals (sweeps made since evaluate.py measures them)
+        record.update(residuals=res["residuals"], residual_grid={"depths": res["grid"]["depths"], "breadths": res["grid"]["breadths"]},
+                      residual_histograms=res["counts"]["residual_histograms"])
     if os.path.isfile(f"{sweep.path}/predictions.npz"):  # save_outputs=true: the headline cell's per-puzzle outcomes
         from evaluation.predictions import read_predictions
         saved = read_predictions(f"{sweep.path}/predictions.npz")
@@ -161,9 +164,10 @@ def outcomes(res, sweep, depth, breadth, rule) -> dict | None:
     return None
 
 
-def compare(res, base: tuple, better: tuple) -> dict | None:
+def compare(res, base: tuple, better: tuple, claimed: str = "above") -> dict | None:
     """The claim "cell `better` is more accurate than cell `base`" ((sweep, D, B, rule) each) -> the
-    difference better - base with its 95 % interval, how it was made and the verdict (evaluation/intervals.py);
+    difference better - base with its 95 % interval, how it was made and the verdict on it being `claimed`
+    ("above" zero; "below" for a claim that `better` is not ahead) (evaluation/intervals.py);
     None when a cell did not run. Paired bootstrap over the puzzles both cells solved or failed, where the
     records hold per-puzzle outcomes of both; else Newcombe's unpaired interval from the two counts."""
     a, b = cell(res, *base), cell(res, *better)
@@ -179,7 +183,7 @@ def compare(res, base: tuple, better: tuple) -> dict | None:
         difference, low, high = intervals.difference_interval(b["correct"], b["total"], a["correct"], a["total"])
         method = "unpaired, from the counts (Newcombe)"
     return {"base": a, "better": b, "difference": difference, "low": low, "high": high, "method": method,
-            "verdict": intervals.verdict(low, high, 0.0, "above")}
+            "verdict": intervals.verdict(low, high, 0.0, claimed)}
 
 
 def points(x) -> str:
@@ -323,15 +327,17 @@ def depth_claims(res):
     return claims(res, lines)
 
 
-def breadth_block(task: str):
+def breadth_block(task: str, sweep: str | None = None, depths: list = study.DEPTHS):
+    """B=1 against top-1 by convergence at every breadth of `sweep` (default: the task's EqR grid)."""
+    sweep = sweep or f"{task}-eqr-grid"
+
     def block(res):
-        sweep = f"{task}-eqr-grid"
         if sweep not in res["sweeps"]:
             return f"- {task}: breadth grid not finished."
         n, top = res["sweeps"][sweep]["puzzles"], max(study.BREADTHS)
-        rows = [[f"B={b}"] + [show(res, sweep, d, b, "traj1" if b == 1 else "conv_top1") for d in study.DEPTHS]
+        rows = [[f"B={b}"] + [show(res, sweep, d, b, "traj1" if b == 1 else "conv_top1") for d in depths]
                 for b in study.BREADTHS]
-        gains = {d: compare(res, (sweep, d, 1, "traj1"), (sweep, d, top, "conv_top1")) for d in study.DEPTHS}
+        gains = {d: compare(res, (sweep, d, 1, "traj1"), (sweep, d, top, "conv_top1")) for d in depths}
         rows.append([f"gain B={top} − B=1 (points, 95 % interval)"] + [
             "–" if g is None else f"{points(g['difference'])} ({points(g['low'])}, {points(g['high'])})"
             for g in gains.values()])
@@ -339,33 +345,92 @@ def breadth_block(task: str):
               for v in ("reproduces", "does not reproduce", "inconclusive")}
         return (f"{task}, the first {n} test puzzles (one puzzle = {100 / n:.1f} points), B=1 is one trajectory, "
                 f"B>1 top-1 by convergence; accuracies with their Wilson 95 % intervals:\n\n"
-                + md_table(["", *[f"D={d}" for d in study.DEPTHS]], rows) + "\n\n"
+                + md_table(["", *[f"D={d}" for d in depths]], rows) + "\n\n"
                 + claims(res, [f"- {task}: B={top} (top-1 by convergence) beats B=1: **reproduces** at depths "
                                f"{by['reproduces'] or 'none'}, **does not reproduce** at {by['does not reproduce'] or 'none'}, "
-                               f"**inconclusive** at {by['inconclusive'] or 'none'} ({gains[study.DEPTHS[-1]]['method'] if gains[study.DEPTHS[-1]] else 'n/a'})."]))
+                               f"**inconclusive** at {by['inconclusive'] or 'none'} ({gains[depths[-1]]['method'] if gains[depths[-1]] else 'n/a'})."]))
     return block
 
 
-def selection_block(task: str):
+def selection_block(task: str, sweep: str | None = None, depths: list = study.DEPTHS):
+    """Top-1 by convergence, majority vote and pass@B at every breadth > 1 of `sweep`."""
+    sweep = sweep or f"{task}-eqr-grid"
+
     def block(res):
-        sweep = f"{task}-eqr-grid"
         if sweep not in res["sweeps"]:
             return f"- {task}: breadth grid not finished."
-        rows = [[f"B={b}", rule] + [show(res, sweep, d, b, rule) for d in study.DEPTHS]
+        rows = [[f"B={b}", rule] + [show(res, sweep, d, b, rule) for d in depths]
                 for b in study.BREADTHS[1:] for rule in ("conv_top1", "majority", f"pass@{b}")]
-        b = max(study.BREADTHS)
-        wins = sum(1 for d in study.DEPTHS
+        b, deepest = max(study.BREADTHS), depths[-1]
+        wins = sum(1 for d in depths
                    if (acc(res, sweep, d, b, "conv_top1") or 0) >= (acc(res, sweep, d, b, "majority") or 0))
-        verdicts = [c["verdict"] for d in study.DEPTHS
+        verdicts = [c["verdict"] for d in depths
                     if (c := compare(res, (sweep, d, b, "majority"), (sweep, d, b, "conv_top1"))) is not None]
         return (f"{task} ({res['sweeps'][sweep]['puzzles']} puzzles; pass@B is an expectation over draws, "
                 f"given without an interval):\n\n"
-                + md_table(["B", "rule", *[f"D={d}" for d in study.DEPTHS]], rows) + "\n\n"
+                + md_table(["B", "rule", *[f"D={d}" for d in depths]], rows) + "\n\n"
                 + claims(res, [f"- {task}: at B={b}, top-1 by convergence >= majority vote at {wins} of "
-                               f"{len(study.DEPTHS)} depths; top-1 by convergence > majority vote by the interval rule: "
+                               f"{len(depths)} depths; top-1 by convergence > majority vote by the interval rule: "
                                + ", ".join(f"{verdicts.count(v)} {v}" for v in ("reproduces", "does not reproduce", "inconclusive"))
-                               + f" (pass@{b}, the ceiling of any selection rule, at D=64: "
-                               f"{pct(acc(res, sweep, 64, b, f'pass@{b}'))})."]))
+                               + f" (pass@{b}, the ceiling of any selection rule, at D={deepest}: "
+                               f"{pct(acc(res, sweep, deepest, b, f'pass@{b}'))})."]))
+    return block
+
+
+# ----------------------------------------------------------------------------- fixed-point residuals
+
+def residual_row(res, sweep: str, depth: int, breadth: int, group: str = "picked") -> dict | None:
+    for r in res["sweeps"].get(sweep, {}).get("residuals", []):
+        if (r["depth"], r["breadth"], r["group"]) == (depth, breadth, group):
+            return r
+    return None
+
+
+def residual_auc(res, sweep: str, depth: int, breadth: int) -> tuple[float, float, float] | None:
+    """(AUC, low, high) of "lower final residual, right answer" over the answers the cell's headline rule
+    picks (one per puzzle, so trajectories resample as puzzles); the residual binned as evaluate.py counts it
+    (evaluation/residuals.py), ties within a bin counted half. None without residual counts."""
+    record = res["sweeps"].get(sweep, {})
+    if "residual_histograms" not in record:
+        return None
+    grid = record["residual_grid"]
+    d, b = grid["depths"].index(depth), grid["breadths"].index(breadth)
+    solved, failed = record["residual_histograms"][d][b][1]  # group "picked" (evaluation/residuals.GROUPS)
+    scores = [bin_ for bin_, count in solved + failed for _ in range(count)]
+    is_failed = [False] * sum(c for _, c in solved) + [True] * sum(c for _, c in failed)
+    if all(is_failed) or not any(is_failed):
+        return None
+    return intervals.auc_interval(scores, is_failed, count=BOOTSTRAP_DRAWS, seed=study.SEED)
+
+
+def residual_block(sweeps: dict, depths: list):
+    """Mean residual of the picked answers (solved / failed) per depth at B=1 and the largest B, with the AUC
+    of the residual for correctness; one claim line per model and depth >= 2."""
+    def block(res):
+        rows, lines = [], []
+        for label, sweep in sweeps.items():
+            if "residuals" not in res["sweeps"].get(sweep, {}):
+                rows.append([label, "–"] + ["not measured"] * len(depths))
+                continue
+            for b in (1, max(study.BREADTHS)):
+                cells = []
+                for d in depths:
+                    r, a = residual_row(res, sweep, d, b), residual_auc(res, sweep, d, b)
+                    mean = lambda x: "–" if x is None else f"{x:.3g}"
+                    cells.append(f"{mean(r['residual_solved'])} / {mean(r['residual_failed'])}"
+                                 + ("" if a is None else f"; AUC {a[0]:.2f} ({a[1]:.2f}–{a[2]:.2f})"))
+                rows.append([label, f"B={b}"] + cells)
+            aucs = {d: residual_auc(res, sweep, d, 1) for d in depths if d >= 2}
+            by = {v: [d for d, a in aucs.items() if a and intervals.verdict(a[1], a[2], 0.5, "above") == v]
+                  for v in ("reproduces", "does not reproduce", "inconclusive")}
+            lines.append(f"- {label}, B=1: a lower final residual goes with a right answer (AUC > 0.5): **reproduces** "
+                         f"at depths {by['reproduces'] or 'none'}, **does not reproduce** at {by['does not reproduce'] or 'none'}, "
+                         f"**inconclusive** at {by['inconclusive'] or 'none'}; mean residual of all answers from D={depths[0]} "
+                         f"to D={depths[-1]}: " + " → ".join(
+                             "–" if (r := residual_row(res, sweep, d, 1, "all")) is None or r["residual"] is None
+                             else f"{r['residual']:.3g}" for d in depths) + ".")
+        table = md_table(["model", "B", *[f"D={d}" for d in depths]], rows)
+        return table + "\n\n" + claims(res, lines)
     return block
 
 
@@ -433,6 +498,15 @@ PAPER_CLAIMS = [
      ("sudoku-eqr-grid", 64, 64, "majority"), ("sudoku-eqr-grid", 64, 64, "conv_top1")),
     ("top-1 by convergence beats majority vote (EqR, maze, D=64, B=64)", f"{PAPER} (breadth)", "stated, no number",
      ("maze-eqr-grid", 64, 64, "majority"), ("maze-eqr-grid", 64, 64, "conv_top1")),
+    ("top-1 by convergence beats majority vote (EqR, Sudoku trained at D=4, D=16, B=64)", f"{PAPER} (breadth)",
+     "stated, no number", ("sudoku-d4-eqr-grid", 16, 64, "majority"), ("sudoku-d4-eqr-grid", 16, 64, "conv_top1")),
+    # The un-shaped model: the claim is that convergence selection does not help it, so the verdict is the
+    # mirror image: reproduces when majority vote is ahead by the interval, fails when convergence is.
+    (("top-1 by convergence does not beat majority vote for the un-shaped TRM (fresh starts; Sudoku trained at D=4, "
+      "D=16, B=64)"), f"{PAPER} (breadth)", "stated, no number", ("sudoku-d4-trm-grid", 16, 64, "majority"),
+     ("sudoku-d4-trm-grid", 16, 64, "conv_top1"), "below"),
+    ("EqR beats untied feed-forward at equal evaluated compute (Sudoku, 12 block applications per answer: EqR at D=1)",
+     f"{PAPER} (feed-forward of equal compute)", "2.6 → not stated", ("sudoku-ff-d1", 1, 1, "traj1"), ("sudoku-eqr-b1", 1, 1, "traj1")),
 ]
 
 
@@ -445,8 +519,8 @@ def stage_command(*sweeps: str) -> str:
 
 def claims_table(res):
     rows = []
-    for claim, source, paper, base, better in PAPER_CLAIMS:
-        c = compare(res, base, better)
+    for claim, source, paper, base, better, *claimed in PAPER_CLAIMS:
+        c = compare(res, base, better, *claimed)
         ours = "not run (stage missing)" if c is None else (
             f"{pct_ci(c['base'])} → {pct_ci(c['better'])}; difference {points(c['difference'])} "
             f"({points(c['low'])}, {points(c['high'])}), {c['method']}")
@@ -493,6 +567,12 @@ BLOCKS = {
     "breadth_maze": breadth_block("maze"),
     "selection_sudoku": selection_block("sudoku"),
     "selection_maze": selection_block("maze"),
+    "breadth_d4": lambda res: "\n\n".join(breadth_block(f"sudoku D=4, {kind}", f"sudoku-d4-{kind.lower()}-grid",
+                                                         study.D4_DEPTHS)(res) for kind in ("EqR", "TRM")),
+    "selection_d4": lambda res: "\n\n".join(selection_block(f"sudoku D=4, {kind}", f"sudoku-d4-{kind.lower()}-grid",
+                                                             study.D4_DEPTHS)(res) for kind in ("EqR", "TRM")),
+    "residuals_d4": residual_block({"sudoku D=4, EqR": "sudoku-d4-eqr-grid", "sudoku D=4, TRM": "sudoku-d4-trm-grid"},
+                                   study.D4_DEPTHS),
     "halting_table": halting_table,
     "halting_claims": halting_claims,
     "commands_table": commands_table,

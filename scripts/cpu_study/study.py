@@ -121,10 +121,15 @@ SWEEPS = [Sweep("sudoku-ff-d1", "sudoku-ff", [1], [1], 64)]
 SWEEPS += [Sweep(f"{r.name}-b1", r.name, D4_DEPTHS if r.arm == "sudoku-d4" else DEPTHS, [1], 64, extra=["halt=true"])
            for r in RUNS if r.name != "sudoku-ff"]
 # The breadth grid costs 64 trajectories per puzzle: the first 32 Sudoku puzzles and 96 mazes (a maze
-# trajectory is cheaper). TRM with its fixed initial state runs the same trajectory B times, so it gets
-# no breadth grid.
+# trajectory is cheaper).
 SWEEPS += [Sweep(f"{name}-grid", name, DEPTHS, BREADTHS, 8, max_eval_steps=batches, extra=["halt=true"])
            for name, batches in (("sudoku-eqr", 4), ("maze-eqr", 12))]
+# The float32 D=4 arm (trainable on a CPU without bf16 units) gets breadth grids for TRM and EqR alike: TRM
+# starts each of its B trajectories from a fresh draw (evaluate.py's different_init_reset_std, as the authors'
+# evaluator), so majority vote against top-1 by convergence can be compared for the un-shaped model too; the
+# headline cell's per-puzzle answers are saved for paired intervals.
+SWEEPS += [Sweep(f"sudoku-d4-{kind}-grid", f"sudoku-d4-{kind}", D4_DEPTHS, BREADTHS, 8, max_eval_steps=4,
+                 extra=["save_outputs=true"]) for kind in ("trm", "eqr")]
 # The agreement check: the trained depth on the first 256 training examples, against the training log.
 SWEEPS += [Sweep(f"{r.name}-train", r.name, [4], [1], 64, max_eval_steps=4, extra=["split=train"])
            for r in RUNS if r.arm == "sudoku-d4"]
