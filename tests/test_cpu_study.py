@@ -161,6 +161,14 @@ def test_the_residual_auc_equals_the_count_of_ordered_pairs():
     assert report.residual_auc({"sweeps": {"s": residual_record([1, 2], [])}}, "s", 16, 1) is None  # no failure
     assert report.residual_auc({"sweeps": {"s": {}}}, "s", 16, 1) is None  # a sweep from before residuals
 
+    record = residual_record([1] * 30, [9] * 30)
+    record["residuals"] += [{"depth": 16, "breadth": 1, "group": "all", "residual": 1.5}]
+    res = {"sweeps": {"s": record}}
+    block = report.residual_block({"model": "s", "older": "t"}, [16])(res)
+    assert "| model | B=1 | 1 / 2; AUC 1.00 (1.00–1.00) |" in block and "| older | – | not measured |" in block
+    assert ("- model, B=1: a lower final residual goes with a right answer (AUC > 0.5): **reproduces** at depths [16], "
+            "**does not reproduce** at none, **inconclusive** at none; mean residual of all answers from D=16 to D=16: 1.5.") in block
+
 
 def test_claims_table_has_a_row_per_claim_with_its_command():
     res = {"sweeps": {"sudoku-eqr-grid": grid_sweep("sudoku-eqr", {(1, "traj1"): 10, (64, "conv_top1"): 30,

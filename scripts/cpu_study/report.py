@@ -394,6 +394,8 @@ def residual_auc(res, sweep: str, depth: int, breadth: int) -> tuple[float, floa
     if "residual_histograms" not in record:
         return None
     grid = record["residual_grid"]
+    if depth not in grid["depths"] or breadth not in grid["breadths"]:
+        return None
     d, b = grid["depths"].index(depth), grid["breadths"].index(breadth)
     solved, failed = record["residual_histograms"][d][b][1]  # group "picked" (evaluation/residuals.GROUPS)
     scores = [bin_ for bin_, count in solved + failed for _ in range(count)]
@@ -412,10 +414,13 @@ def residual_block(sweeps: dict, depths: list):
             if "residuals" not in res["sweeps"].get(sweep, {}):
                 rows.append([label, "–"] + ["not measured"] * len(depths))
                 continue
-            for b in (1, max(study.BREADTHS)):
+            for b in sorted({1, max(res["sweeps"][sweep]["residual_grid"]["breadths"])}):
                 cells = []
                 for d in depths:
                     r, a = residual_row(res, sweep, d, b), residual_auc(res, sweep, d, b)
+                    if r is None:
+                        cells.append("–")
+                        continue
                     mean = lambda x: "–" if x is None else f"{x:.3g}"
                     cells.append(f"{mean(r['residual_solved'])} / {mean(r['residual_failed'])}"
                                  + ("" if a is None else f"; AUC {a[0]:.2f} ({a[1]:.2f}–{a[2]:.2f})"))
