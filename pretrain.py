@@ -252,11 +252,11 @@ def _train(tc: TrainConfig, config_name: str, processes, cleanup: contextlib.Exi
         raise ConfigError(f"global_batch_size: {tc.global_batch_size} does not split over {world_size} processes")
     if (tc.eval_batch_size or tc.global_batch_size) % world_size:
         raise ConfigError(f"eval_batch_size: {tc.eval_batch_size} does not split over {world_size} processes")
+    train_split = open_split(tc.data_path, "train")  # first: missing data is one error line, with no dtype notice before it
     arch = tc.arch
     if "forward_dtype" in arch:  # `auto` resolved here, so that the checkpoint says which it was
         arch = {**arch, "forward_dtype": resolve_forward_dtype(arch["forward_dtype"], device, world_size,
                                                                 "arch.forward_dtype" in typed, "arch.forward_dtype")}
-    train_split = open_split(tc.data_path, "train")
     model_config = model_config_for(arch, train_split)
     check_model_fits(model_config, tc, world_size, device)
     loader = TrainLoader(train_split, tc.global_batch_size, seed=tc.seed, rank=rank, world_size=world_size)

@@ -177,7 +177,11 @@ def test_bad_config_fails_at_start_with_one_line(sudoku_path, tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_data_path_fails_with_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("cpu_flags", [None, {"avx2", "fma"}])  # this machine's CPU, and one without bf16 units
+def test_missing_data_path_fails_with_one_line(tmp_path, capsys, monkeypatch, cpu_flags):
+    if cpu_flags is not None:  # the dtype notice must not come before the error line
+        import utils.processes
+        monkeypatch.setattr(utils.processes, "cpu_flags", lambda: cpu_flags)
     rc = pretrain.main(["--config-name", "train/eqr_sudoku", f"dataset.data_path={tmp_path}/nowhere", "wandb_mode=disabled"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
