@@ -198,6 +198,13 @@ def verdict_of(c) -> str:
             f"({points(c['low'])}, {points(c['high'])}): **{c['verdict']}**")
 
 
+def depths_by_verdict(verdicts: dict) -> str:
+    """{depth: verdict or None} -> '**reproduces** at depths [..], **does not reproduce** at [..], **inconclusive** at [..]'."""
+    by = {v: [d for d, got in verdicts.items() if got == v] for v in ("reproduces", "does not reproduce", "inconclusive")}
+    return (f"**reproduces** at depths {by['reproduces'] or 'none'}, **does not reproduce** at "
+            f"{by['does not reproduce'] or 'none'}, **inconclusive** at {by['inconclusive'] or 'none'}")
+
+
 # ----------------------------------------------------------------------------- blocks
 # Each block returns markdown; claims() blocks also add their lines to res["claims"] for the summary.
 
@@ -341,14 +348,12 @@ def breadth_block(task: str, sweep: str | None = None, depths: list = study.DEPT
         rows.append([f"gain B={top} − B=1 (points, 95 % interval)"] + [
             "–" if g is None else f"{points(g['difference'])} ({points(g['low'])}, {points(g['high'])})"
             for g in gains.values()])
-        by = {v: [d for d, g in gains.items() if g and g["verdict"] == v]
-              for v in ("reproduces", "does not reproduce", "inconclusive")}
         return (f"{task}, the first {n} test puzzles (one puzzle = {100 / n:.1f} points), B=1 is one trajectory, "
                 f"B>1 top-1 by convergence; accuracies with their Wilson 95 % intervals:\n\n"
                 + md_table(["", *[f"D={d}" for d in depths]], rows) + "\n\n"
-                + claims(res, [f"- {task}: B={top} (top-1 by convergence) beats B=1: **reproduces** at depths "
-                               f"{by['reproduces'] or 'none'}, **does not reproduce** at {by['does not reproduce'] or 'none'}, "
-                               f"**inconclusive** at {by['inconclusive'] or 'none'} ({gains[depths[-1]]['method'] if gains[depths[-1]] else 'n/a'})."]))
+                + claims(res, [f"- {task}: B={top} (top-1 by convergence) beats B=1: "
+                               + depths_by_verdict({d: g and g["verdict"] for d, g in gains.items()})
+                               + f" ({gains[depths[-1]]['method'] if gains[depths[-1]] else 'n/a'})."]))
     return block
 
 
@@ -410,6 +415,7 @@ def residual_block(sweeps: dict, depths: list):
     of the residual for correctness; one claim line per model and depth >= 2."""
     def block(res):
         rows, lines = [], []
+        mean = lambda x: "–" if x is None else f"{x:.3g}"
         for label, sweep in sweeps.items():
             if "residuals" not in res["sweeps"].get(sweep, {}):
                 rows.append([label, "–"] + ["not measured"] * len(depths))
@@ -421,16 +427,13 @@ def residual_block(sweeps: dict, depths: list):
                     if r is None:
                         cells.append("–")
                         continue
-                    mean = lambda x: "–" if x is None else f"{x:.3g}"
                     cells.append(f"{mean(r['residual_solved'])} / {mean(r['residual_failed'])}"
                                  + ("" if a is None else f"; AUC {a[0]:.2f} ({a[1]:.2f}–{a[2]:.2f})"))
                 rows.append([label, f"B={b}"] + cells)
             aucs = {d: residual_auc(res, sweep, d, 1) for d in depths if d >= 2}
-            by = {v: [d for d, a in aucs.items() if a and intervals.verdict(a[1], a[2], 0.5, "above") == v]
-                  for v in ("reproduces", "does not reproduce", "inconclusive")}
-            lines.append(f"- {label}, B=1: a lower final residual goes with a right answer (AUC > 0.5): **reproduces** "
-                         f"at depths {by['reproduces'] or 'none'}, **does not reproduce** at {by['does not reproduce'] or 'none'}, "
-                         f"**inconclusive** at {by['inconclusive'] or 'none'}; mean residual of all answers from D={depths[0]} "
+            verdicts = {d: a and intervals.verdict(a[1], a[2], 0.5, "above") for d, a in aucs.items()}
+            lines.append(f"- {label}, B=1: a lower final residual goes with a right answer (AUC > 0.5): "
+                         + depths_by_verdict(verdicts) + f"; mean residual of all answers from D={depths[0]} "
                          f"to D={depths[-1]}: " + " → ".join(
                              "–" if (r := residual_row(res, sweep, d, 1, "all")) is None or r["residual"] is None
                              else f"{r['residual']:.3g}" for d in depths) + ".")
