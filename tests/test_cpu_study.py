@@ -44,7 +44,8 @@ def test_runner_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path):
 
 def test_runner_selects_stages_by_pattern():
     keys = [s.key for s in runner.selected(study.stages(), ["train-sudoku-d4-*"])]
-    assert keys == [f"train-sudoku-d4-{k}{s}" for s in ("", "-s1") for k in ("trm", "trm-ri", "eqr")]
+    assert keys == [f"train-sudoku-d4-{k}{s}" for s in ("", "-s1") for k in ("trm", "trm-ri", "eqr")] + [
+        "train-sudoku-d4-hrm"]
     assert len(runner.selected(study.stages(), [])) == len(study.stages())
 
 

@@ -1,8 +1,10 @@
 """diagnose.py end to end on a tiny checkpoint: the CSV's columns, summary AUCs recomputed from the CSV, sharding."""
 import csv
 import json
+import math
 import os
 
+import numpy as np
 import pytest
 
 import diagnose
@@ -137,3 +139,24 @@ def test_an_authors_attention_file_is_sized_by_the_data(tmp_path):
     assert diagnose.main([f"checkpoint={path}", f"data_path={data}", f"output_dir={out}", "global_batch_size=4",
                           *ARGS]) == 0
     assert len(read_rows(out)) == 4
+
+
+@pytest.mark.parametrize("which", ["trm", "hrm"])
+def test_official_trm_and_hrm_files_are_diagnosed(which, tmp_path):
+    """The official TRM's and HRM's own checkpoint layout (tests/test_official_models.py writes it from their
+    code's structure) diagnosed like ours: rows for every (puzzle, trajectory), finite exponents."""
+    from dataset.common import single_example_split, write_dataset
+    from test_official_models import HRM_ARCH, HRM_SHAPES, TRM_ARCH, TRM_SHAPES, write_official
+    shapes, arch, seq_len, vocab = {"trm": (TRM_SHAPES, TRM_ARCH, 16, 11), "hrm": (HRM_SHAPES, HRM_ARCH, 36, 6)}[which]
+    path, _ = write_official(str(tmp_path / which), shapes, {**arch, "forward_dtype": "float32"})
+    rng = np.random.default_rng(0)
+    split = single_example_split(rng.integers(1, vocab, (5, seq_len)), rng.integers(1, vocab, (5, seq_len)), vocab)
+    data = str(tmp_path / "data")
+    write_dataset(data, {"train": split, "test": split})
+    out = tmp_path / "out"
+    assert diagnose.main([f"checkpoint={path}", f"data_path={data}", f"output_dir={out}", "global_batch_size=4",
+                          "breadth=2", *ARGS]) == 0
+    rows = read_rows(out)
+    assert [(int(r["puzzle"]), int(r["trajectory"])) for r in rows] == [(p, t) for p in range(5) for t in range(2)]
+    assert all(math.isfinite(float(r[f"lyap_{i}"])) for r in rows for i in (1, 2))
+    assert all(float(r["lyap_sum"]) == pytest.approx(float(r["lyap_1"]) + float(r["lyap_2"])) for r in rows)
