@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The folders name the recipe (50 givens): a folder left by an earlier recipe is never reused or overwritten.
+# The folders name the recipe (50 givens, trained at D = 2): a folder left by an earlier recipe is never reused or
+# overwritten.
 DATA=data/sudoku-quickstart-g50
-RUN=eqr_sudoku_quickstart_g50
+RUN=eqr_sudoku_quickstart_g50_d2
 RUN_DIR=checkpoints/eqr/$RUN
 OUT=eval_results/$RUN
 

@@ -50,7 +50,7 @@ def run_until(checkout, ready, stop) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_quickstart_with_a_checkpoint_and_the_way_on(checkout):
-    run_dir = checkout / "checkpoints" / "eqr" / "eqr_sudoku_quickstart_g50"
+    run_dir = checkout / "checkpoints" / "eqr" / "eqr_sudoku_quickstart_g50_d2"
     # Ctrl-C in a terminal signals the whole foreground process group; once training has logged a step
     status, stderr = run_until(checkout, lambda: last_logged_step(run_dir) > 0,
                                lambda process: os.killpg(process.pid, signal.SIGINT))
