@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, on a CPU, offline, in a few minutes: install, build a small Sudoku set, train the quickstart preset
-# (config/train/eqr_sudoku_quickstart.yaml, 550 steps), evaluate a
+# (config/train/eqr_sudoku_quickstart.yaml, 700 steps), evaluate a
 # depth x breadth grid, print the table and where the plots are.
 #   bash scripts/quickstart.sh
 # Ctrl-C or SIGTERM stops it (training writes a checkpoint first); the same command continues where it stopped.
@@ -60,7 +60,7 @@ if [ ! -f "$DATA/test/dataset.json" ]; then
 fi
 run python -m dataset.validate "$DATA"
 
-step "3/4 training, 550 steps (a bar per step; the test exact accuracy on 128 puzzles every 275) -> $RUN_DIR"
+step "3/4 training, 700 steps (a bar per step; the test exact accuracy on 128 puzzles every 350) -> $RUN_DIR"
 resume=false
 [ -f "$RUN_DIR/latest" ] && resume=true
 run python pretrain.py --config-name train/eqr_sudoku_quickstart data_path="$DATA" run_name=$RUN resume="$resume"
