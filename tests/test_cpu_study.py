@@ -217,3 +217,18 @@ def test_help_prints_the_usage_and_exits_zero(flag):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "python scripts/reproduce_cpu.py --list" in done.stdout and not done.stderr
+
+
+def test_parameter_count_of_a_run_without_ema_equals_the_shadows_count():
+    """HRM trains without EMA; its record's parameter count comes from the rebuilt model, as the EMA's would."""
+    from models.eqr import ModelConfig, RecurrentReasoner
+    from models.losses import ACTLossHead
+    arch = ModelConfig(seq_len=8, vocab_size=4, hidden_size=32, num_heads=4, H_cycles=2, L_cycles=2, L_layers=1,
+                       H_level_layers=1, one_step_grad=True, random_init=False).to_dict()
+    head = ACTLossHead(RecurrentReasoner(ModelConfig.from_dict(arch)))
+    state = head.state_dict()
+    shadow = {name: p for name, p in head.named_parameters()}
+    assert len(shadow) < len(state)  # buffers (the fixed initial latents) are in the state dict, not counted
+    with_ema = {"model": state, "ema": {"shadow": shadow}, "config": {"arch": arch}}
+    without = {"model": state, "config": {"arch": arch}}
+    assert report.parameter_count(without) == report.parameter_count(with_ema) == sum(p.numel() for p in shadow.values())

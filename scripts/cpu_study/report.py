@@ -27,6 +27,15 @@ TRAIN_LOG_WINDOW = 100  # steps at the end of a run over which the training log'
 
 # ----------------------------------------------------------------------------- collection
 
+def parameter_count(ckpt: dict) -> int:
+    """Trained parameters (not buffers): the EMA's shadow names them; a run without EMA rebuilds its model."""
+    if ckpt.get("ema"):
+        return sum(t.numel() for name, t in ckpt["model"].items() if name in ckpt["ema"]["shadow"])
+    from models.eqr import ModelConfig, RecurrentReasoner
+
+    return sum(p.numel() for p in RecurrentReasoner(ModelConfig.from_dict(ckpt["config"]["arch"])).parameters())
+
+
 def run_record(run: study.Run) -> dict:
     from models.eqr import ModelConfig
     from utils.checkpoint import read_run_checkpoint
@@ -40,7 +49,7 @@ def run_record(run: study.Run) -> dict:
     halted = sum(m[TRAIN["count"]] for m in tail)
     return {
         "task": run.task, "arm": run.arm, "label": run.label, "steps": run.steps, "seed": run.seed,
-        "params": sum(t.numel() for name, t in ckpt["model"].items() if name in ckpt["ema"]["shadow"]),
+        "params": parameter_count(ckpt),
         "blocks_per_step": ModelConfig.from_dict(arch).blocks_per_step, "forward_dtype": arch["forward_dtype"],
         "train_halt_max_steps": arch["halt_max_steps"], "act_halting": arch.get("act_halting", True),
         "random_init": arch["random_init"], "lambda": arch["lambda_"], "noise_scale": arch["noise_scale"],
