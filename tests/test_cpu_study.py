@@ -42,6 +42,18 @@ def test_runner_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path):
     assert all(line.startswith("done") for line in runner.listing(stages, ledger))
 
 
+def test_a_fresh_start_restarts_the_ledgers_wall_time(tmp_path):
+    """Wall time adds up over a start and its resumes; a stage started again from scratch (its command changed, or
+    its folder was removed) counts only from that start."""
+    ledger = str(tmp_path / "ledger.json")
+    runner.record_attempt(ledger, "s", ["python", "a"], 10.0, 1, fresh=True)
+    runner.record_attempt(ledger, "s", ["python", "a", "resume=true"], 5.0, 0)
+    assert runner.load_ledger(ledger)["s"]["wall_s"] == pytest.approx(15.0)
+    runner.record_attempt(ledger, "s", ["python", "b"], 7.0, 0, fresh=True)
+    entry = runner.load_ledger(ledger)["s"]
+    assert entry["wall_s"] == pytest.approx(7.0) and len(entry["attempts"]) == 3  # the history is kept
+
+
 def test_runner_selects_stages_by_pattern():
     keys = [s.key for s in runner.selected(study.stages(), ["train-sudoku-d4-*"])]
     assert keys == [f"train-sudoku-d4-{k}{s}" for s in ("", "-s1") for k in ("trm", "trm-ri", "eqr")] + [

@@ -1,7 +1,8 @@
 """Run a list of command stages in order: skip finished ones, continue interrupted ones, keep a ledger.
 
 Knows nothing about the study: a stage is a key, a command and a test of whether it has finished.
-The ledger (JSON, one entry per stage key) adds up each stage's wall time over the sessions it took.
+The ledger (JSON, one entry per stage key) adds up each stage's wall time over the sessions it took since
+its last fresh start.
 """
 import fnmatch
 import json
@@ -40,10 +41,11 @@ def load_ledger(path: str) -> dict:
         return json.load(f)
 
 
-def record_attempt(path: str, key: str, argv: list, wall_s: float, exit_code: int) -> None:
+def record_attempt(path: str, key: str, argv: list, wall_s: float, exit_code: int, fresh: bool = False) -> None:
+    """fresh: the attempt started the stage from scratch, so the wall time of earlier attempts no longer counts."""
     ledger = load_ledger(path)  # read at the end, so entries another runner wrote meanwhile are kept
     entry = ledger.setdefault(key, {"wall_s": 0.0, "attempts": []})
-    entry["wall_s"] += wall_s
+    entry["wall_s"] = (0.0 if fresh else entry["wall_s"]) + wall_s
     entry["attempts"].append({"command": shown(argv), "wall_s": round(wall_s, 1), "exit_code": exit_code,
                               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -67,7 +69,7 @@ def run_stage(stage: Stage, ledger: str, log_dir: str, env: dict, cwd: str) -> N
         log.flush()
         code = subprocess.call(argv, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - start
-    record_attempt(ledger, stage.key, argv, wall, code)
+    record_attempt(ledger, stage.key, argv, wall, code, fresh=argv == stage.argv)
     if code != 0:
         raise RunError(f"stage {stage.key} failed with exit code {code}; see {log_path}")
     print(f"[{stage.key}] done in {wall:.0f} s", flush=True)
