@@ -145,8 +145,9 @@ def test_an_authors_attention_file_is_sized_by_the_data(tmp_path):
 def test_official_trm_and_hrm_files_are_diagnosed(which, tmp_path):
     """The official TRM's and HRM's own checkpoint layout (tests/test_official_models.py writes it from their
     code's structure) diagnosed like ours: rows for every (puzzle, trajectory), finite exponents."""
-    from dataset.common import single_example_split, write_dataset
     from test_official_models import HRM_ARCH, HRM_SHAPES, TRM_ARCH, TRM_SHAPES, write_official
+
+    from dataset.common import single_example_split, write_dataset
     shapes, arch, seq_len, vocab = {"trm": (TRM_SHAPES, TRM_ARCH, 16, 11), "hrm": (HRM_SHAPES, HRM_ARCH, 36, 6)}[which]
     path, _ = write_official(str(tmp_path / which), shapes, {**arch, "forward_dtype": "float32"})
     rng = np.random.default_rng(0)
