@@ -16,7 +16,7 @@ import pretrain
 from models.checkpoint import load_for_eval
 from models.eqr import ModelConfig, RecurrentReasoner
 from models.losses import ACTLossHead
-from tests.data_fixtures import sudoku_dir  # noqa: F401 (fixture)
+from tests.data_fixtures import maze_dir, sudoku_dir  # noqa: F401 (fixtures)
 from tests.test_hub import add_to_hub_cache
 from utils.errors import CheckpointError
 from utils.run_folder import TRAIN
@@ -266,3 +266,17 @@ def test_hrm_resumes_bit_exactly(sudoku_dir, tmp_path):
     assert [key(m) for m in resumed] == [key(m) for m in whole] and len(whole) == 4
     a, b = (torch.load(run / "step_4.pt", weights_only=True)["model"] for run in (tmp_path / "a", tmp_path / "b"))
     assert all(torch.equal(a[k], b[k]) for k in a) and a["model.inner.puzzle_emb.weights"].abs().sum() > 0
+
+
+def test_hrm_maze_cpu_preset_is_hrm_with_the_token_mlp_and_trains(maze_dir, tmp_path):
+    """train/hrm_maze_cpu: HRM's two modules (one block each) with the token-mixing MLP, no EMA; it trains on mazes."""
+    run = tmp_path / "run"
+    assert pretrain.main(["--config-name", "train/hrm_maze_cpu", f"data_path={maze_dir}", f"checkpoint_path={run}",
+                          "wandb_mode=disabled", "threads=1", "max_steps=2", "global_batch_size=8", "eval_batch_size=8",
+                          "eval_max_examples=8", "eval_interval_steps=2", "log_interval_steps=1",
+                          "arch.forward_dtype=float32", "arch.hidden_size=32", "arch.num_heads=2"]) == 0
+    saved = torch.load(run / "step_2.pt", weights_only=True)
+    names = set(saved["model"])
+    assert {"model.inner.H_level.layers.0.mlp_t.down_proj.weight", "model.inner.L_level.layers.0.mlp_t.down_proj.weight"} <= names
+    assert not any("self_attn" in n or "layers.1." in n for n in names) and "ema" not in saved
+    assert saved["config"]["arch"]["one_step_grad"] is True

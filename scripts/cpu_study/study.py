@@ -111,6 +111,8 @@ RUNS += [Run(f"sudoku-d4-{kind}{'-s1' if seed else ''}", "sudoku-d4", "sudoku", 
 # puzzle after 3000 steps (71% of the cells right), the copy-the-input plateau of the maze presets' note.
 RUNS.append(Run("sudoku-d4-hrm", "sudoku-d4", "sudoku", "hrm_sudoku_cpu",
                 [D4, F32, "arch.mlp_t=true", "arch.pos_encodings=none"], "HRM (token MLP), D=4, float32", 1000))
+# and on mazes (hrm_maze_cpu has the token MLP itself), in float32 like the Sudoku HRM (this CPU has no bf16 units).
+RUNS.append(Run("maze-hrm", "maze", "maze", "hrm_maze_cpu", [D4, F32], "HRM (token MLP), float32", 3000))
 RUNS_BY_NAME = {r.name: r for r in RUNS}
 
 CONSTRUCTION = ["sudoku-ff", "sudoku-tied", "sudoku-tied-sup", "sudoku-trm", "sudoku-eqr"]
