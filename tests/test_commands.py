@@ -152,6 +152,24 @@ def test_a_worker_child_holding_stderr_does_not_hold_the_launch_open(tmp_path):
     assert err.splitlines() == ["error: a bad input"]
 
 
+@pytest.mark.parametrize("worker_said_error", [True, False])
+def test_a_launcher_failure_after_a_workers_error_line_stays_quiet(worker_said_error):
+    """torchrun's agent itself failing (as torch 2.4.1's once did under load while tearing down workers that had
+    exited with their `error:` line): after such a line the launcher's traceback is dropped and the status is the
+    worker's 2; without one, the traceback shows in full and the status is 1."""
+    said = "print('error: a bad input', file=sys.stderr, flush=True); " if worker_said_error else ""
+    probe = ("import sys\nfrom utils import torchrun\n"
+             f"def launch(argv):\n    {said}raise RuntimeError('the agent failed')\n"
+             "torchrun.launch = launch\nsys.exit(torchrun.main([]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if worker_said_error:
+        assert (done.returncode, done.stderr.splitlines()) == (2, ["error: a bad input"])
+    else:
+        assert done.returncode == 1
+        lines = done.stderr.splitlines()
+        assert lines[0] == "Traceback (most recent call last):" and lines[-1] == "RuntimeError: the agent failed"
+
+
 def test_a_launch_from_a_python_without_torch_says_so_in_one_line():
     """scripts/train.sh run with a `python` that lacks torch (the venv not activated): one line that says what is
     missing and how to get it, not a silent exit 1."""

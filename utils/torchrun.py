@@ -17,10 +17,15 @@ import traceback
 LOG_LINE = re.compile(rb"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
 
 
-def copy_filtered(source: int, sink: int) -> None:
+# The launcher writes this line before a traceback of its own (torchrun's agent failing, not a worker)
+AGENT_TRACEBACK = b"utils.torchrun: the launcher failed:"
+
+
+def copy_filtered(source: int, sink: int) -> bool:
     """Copy the workers' stderr to `sink` as it comes (progress bars included); after the first `error:` line,
-    drop repeats of it and torchrun's log lines."""
-    shown, held, seen_error = set(), b"", False
+    drop repeats of it, torchrun's log lines and a traceback of the launcher's own (some torch versions' agent
+    can fail while it tears down workers that have exited with their `error:` line). -> whether one was dropped."""
+    shown, held, seen_error, dropping = set(), b"", False, False
     while chunk := os.read(source, 65536):
         held += chunk
         lines = held.split(b"\n")
@@ -28,6 +33,11 @@ def copy_filtered(source: int, sink: int) -> None:
         out = []
         for line in lines:
             bare = line.lstrip(b"\r")
+            if bare == AGENT_TRACEBACK:
+                dropping = dropping or seen_error
+                continue
+            if dropping:
+                continue
             if bare.startswith(b"error: "):
                 seen_error, duplicate = True, bare in shown
                 shown.add(bare)
@@ -40,7 +50,9 @@ def copy_filtered(source: int, sink: int) -> None:
             out.append(held)
             held = b""
         os.write(sink, b"".join(out))
-    os.write(sink, held)
+    if not dropping:
+        os.write(sink, held)
+    return dropping
 
 
 DRAIN_S = 5.0  # after torchrun exits: how long to wait for the rest of its workers' output
@@ -64,6 +76,7 @@ def main(argv: list[str]) -> int:
                   f"(. .venv/bin/activate) or pip install -r requirements.txt", file=sys.stderr)
             status = 2
         except BaseException:
+            print(AGENT_TRACEBACK.decode(), file=sys.stderr)
             traceback.print_exc()
         finally:
             sys.stderr.flush()
@@ -71,10 +84,13 @@ def main(argv: list[str]) -> int:
     os.close(write_end)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))  # a scheduler's stop reaches torchrun
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun (the same process group) by itself
-    copier = threading.Thread(target=copy_filtered, args=(read_end, 2), daemon=True)
+    dropped = []
+    copier = threading.Thread(target=lambda: dropped.append(copy_filtered(read_end, 2)), daemon=True)
     copier.start()
     _, status = os.waitpid(child, 0)
     copier.join(DRAIN_S)
+    if dropped and dropped[0]:  # the launcher failed after a worker's `error:` line: the worker's status (2) is the answer
+        return 2
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
