@@ -28,9 +28,7 @@ TRAIN_LOG_WINDOW = 100  # steps at the end of a run over which the training log'
 # ----------------------------------------------------------------------------- collection
 
 def parameter_count(ckpt: dict) -> int:
-    """Trained parameters (not buffers): the EMA's shadow names them; a run without EMA rebuilds its model."""
-    if ckpt.get("ema"):
-        return sum(t.numel() for name, t in ckpt["model"].items() if name in ckpt["ema"]["shadow"])
+    """Trained parameters (not buffers) of the model the checkpoint's config builds, whether or not it has an EMA."""
     from models.eqr import ModelConfig, RecurrentReasoner
 
     return sum(p.numel() for p in RecurrentReasoner(ModelConfig.from_dict(ckpt["config"]["arch"])).parameters())
